@@ -9,8 +9,8 @@ if docker image inspect "$image" >/dev/null 2>&1; then
   exit 0
 fi
 # The mirror apt already uses on this machine (deb822 or one-line format).
-mirror=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list.d/ /etc/apt/sources.list 2>/dev/null \
-  | grep -v security | head -n 1)
+mirror=$( { grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/* /etc/apt/sources.list || true; } \
+  | grep -oE 'https?://[^ ]+' | grep -v security | head -n 1 || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT

@@ -1,0 +1,273 @@
+"""The Docker driver: sandboxes are containers on a Docker engine, driven with docker-py.
+
+docker-py is synchronous, so engine calls run on a thread pool and each process stream gets a thread of
+its own (streams can last as long as an agent run). Everything the platform needs to know about a sandbox
+is kept in the container's labels, so any replica can serve any sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import socket
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import docker.utils
+from docker.utils.socket import frames_iter
+from sandbox.v1 import sandbox_pb2
+
+from provider_docker.errors import map_docker_error
+from provider_docker.settings import DockerSettings
+from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
+from provider_kit.errors import failed_precondition, invalid_argument, not_found
+
+T = TypeVar("T")
+LABEL = "sandbox.platform/"
+USER_LABEL = "sandbox.platform.label/"
+# How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
+STREAM_BUFFER_CHUNKS = 64
+
+
+def _epoch(value: datetime) -> str:
+    return str(int(value.timestamp()))
+
+
+def _from_epoch(value: str) -> datetime:
+    return datetime.fromtimestamp(int(value or 0), UTC)
+
+
+class DockerDriver(Driver):
+    name = "docker"
+
+    def __init__(self, settings: DockerSettings, client: docker.APIClient | None = None) -> None:
+        self._settings = settings
+        self._api = client or docker.APIClient(
+            version="auto", timeout=120, max_pool_size=64, **docker.utils.kwargs_from_env()
+        )
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
+
+    async def _call(self, subject: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except Exception as exc:
+            mapped = map_docker_error(exc, subject)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+        s = self._settings
+        out = sandbox_pb2.SandboxSpec()
+        out.CopyFrom(spec)
+        out.image = spec.image or s.docker_default_image
+        out.milli_cpus = spec.milli_cpus or s.docker_default_milli_cpus
+        out.memory_bytes = spec.memory_bytes or s.docker_default_memory_mb * 2**20
+        out.pids_limit = spec.pids_limit or s.docker_default_pids_limit
+        out.network_mode = spec.network_mode or s.network_modes[0]
+        limits = [
+            ("spec.milli_cpus", out.milli_cpus, s.docker_max_milli_cpus),
+            ("spec.memory_bytes", out.memory_bytes, s.docker_max_memory_mb * 2**20),
+            ("spec.pids_limit", out.pids_limit, s.docker_max_pids_limit),
+        ]
+        for field, value, maximum in limits:
+            if value > maximum:
+                raise invalid_argument("LIMIT_EXCEEDED", f"{field} must be at most {maximum}", field=field)
+        if out.network_mode not in s.network_modes:
+            raise invalid_argument(
+                "NETWORK_MODE_NOT_ALLOWED",
+                f"spec.network_mode must be one of {', '.join(s.network_modes)}",
+                field="spec.network_mode",
+            )
+        for mount in out.mounts:
+            if mount.source not in s.allowed_mounts:
+                raise invalid_argument(
+                    "MOUNT_NOT_ALLOWED",
+                    f"spec.mounts source {mount.source!r} is not among the paths the operator allows",
+                    field="spec.mounts",
+                )
+        return out
+
+    def _container_name(self, new: NewSandbox) -> str:
+        if new.request_id:
+            # Deterministic, so the engine's unique names make concurrent retries create one container.
+            digest = hashlib.sha256(f"{new.tenant}\0{new.request_id}".encode()).hexdigest()
+            return f"sbx-{digest[:20]}"
+        return f"sbx-{uuid.uuid4().hex[:20]}"
+
+    def _labels(self, new: NewSandbox) -> dict[str, str]:
+        stored = sandbox_pb2.SandboxSpec()
+        stored.CopyFrom(new.spec)
+        stored.ClearField("env")  # values may be secrets; labels are readable by anyone with engine access
+        labels = {
+            f"{LABEL}managed-by": self._settings.docker_owner,
+            f"{LABEL}tenant": new.tenant,
+            f"{LABEL}request-id": new.request_id,
+            f"{LABEL}request-hash": new.request_hash,
+            f"{LABEL}create-time": _epoch(new.create_time),
+            f"{LABEL}expire-time": _epoch(new.expire_time),
+            f"{LABEL}spec": base64.b64encode(stored.SerializeToString()).decode(),
+        }
+        labels.update({f"{USER_LABEL}{key}": value for key, value in new.labels.items()})
+        return labels
+
+    def _record(self, name: str, labels: dict[str, str], state: str) -> SandboxRecord:
+        spec = sandbox_pb2.SandboxSpec.FromString(base64.b64decode(labels.get(f"{LABEL}spec", "")))
+        states = {"running": sandbox_pb2.Sandbox.STATE_RUNNING, "created": sandbox_pb2.Sandbox.STATE_STARTING}
+        return SandboxRecord(
+            native_id=name.lstrip("/"),
+            tenant=labels.get(f"{LABEL}tenant", ""),
+            request_id=labels.get(f"{LABEL}request-id", ""),
+            request_hash=labels.get(f"{LABEL}request-hash", ""),
+            spec=spec,
+            labels={k.removeprefix(USER_LABEL): v for k, v in labels.items() if k.startswith(USER_LABEL)},
+            state=states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED),
+            create_time=_from_epoch(labels.get(f"{LABEL}create-time", "")),
+            expire_time=_from_epoch(labels.get(f"{LABEL}expire-time", "")),
+        )
+
+    async def create(self, new: NewSandbox) -> SandboxRecord:
+        name = self._container_name(new)
+        spec = new.spec
+        subject = f"sandbox {name}"
+        host_config = self._api.create_host_config(
+            init=True,  # reaps the detached processes of executions
+            nano_cpus=spec.milli_cpus * 1_000_000,
+            mem_limit=spec.memory_bytes,
+            pids_limit=spec.pids_limit,
+            network_mode=spec.network_mode,
+            binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+        )
+        try:
+            await self._call(
+                subject,
+                self._api.create_container,
+                image=spec.image,
+                name=name,
+                labels=self._labels(new),
+                host_config=host_config,
+                entrypoint=["sleep", "infinity"],
+                command=[],
+                environment=dict(spec.env),
+                detach=True,
+            )
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            if isinstance(cause, docker.errors.ImageNotFound | docker.errors.NotFound):
+                raise failed_precondition(
+                    "IMAGE_NOT_FOUND", f"image {spec.image!r} is not available on this Docker engine"
+                ) from exc
+            if not (isinstance(cause, docker.errors.APIError) and cause.status_code == 409 and new.request_id):
+                raise
+            # The same request_id was used before: hand back that sandbox (the kit compares request hashes).
+            existing = await self.get(name)
+            if existing.state == sandbox_pb2.Sandbox.STATE_STARTING:
+                await self._call(subject, self._api.start, name)
+                existing = await self.get(name)
+            return existing
+        try:
+            await self._call(subject, self._api.start, name)
+        except BaseException:
+            # Never leave a created-but-unusable container behind.
+            with contextlib.suppress(Exception):
+                await self._call(subject, self._api.remove_container, name, force=True, v=True)
+            raise
+        return self._record(name, self._labels(new), "running")
+
+    async def get(self, native_id: str) -> SandboxRecord:
+        attrs = await self._call(f"sandbox {native_id}", self._api.inspect_container, native_id)
+        labels = attrs["Config"].get("Labels") or {}
+        if labels.get(f"{LABEL}managed-by") != self._settings.docker_owner:
+            raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
+        return self._record(attrs["Name"], labels, attrs["State"]["Status"])
+
+    async def _managed(self, *filters: str) -> list[dict[str, Any]]:
+        labels = [f"{LABEL}managed-by={self._settings.docker_owner}", *filters]
+        return await self._call("sandboxes", self._api.containers, all=True, filters={"label": labels})
+
+    async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
+        filters = [f"{LABEL}tenant={tenant}", *(f"{USER_LABEL}{k}={v}" for k, v in labels.items())]
+        records = [self._record(c["Names"][0], c["Labels"], c["State"]) for c in await self._managed(*filters)]
+        records.sort(key=lambda r: r.native_id)
+        return [r for r in records if r.native_id > after][:limit]
+
+    async def delete(self, native_id: str) -> None:
+        try:
+            await self._call(f"sandbox {native_id}", self._api.remove_container, native_id, force=True, v=True)
+        except Exception as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                raise
+
+    async def reap_expired(self, now: datetime) -> int:
+        expired = [
+            c["Names"][0].lstrip("/")
+            for c in await self._managed()
+            if _from_epoch(c["Labels"].get(f"{LABEL}expire-time", "0")) <= now
+        ]
+        for name in expired:
+            await self.delete(name)
+        return len(expired)
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self._call("engine", self._api.ping))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._api.close()
+
+    async def stream(self, native_id: str, argv: list[str]) -> AsyncIterator[Output | Exit]:
+        subject = f"sandbox {native_id}"
+        exec_id = (await self._call(subject, self._api.exec_create, native_id, argv, stdout=True, stderr=True))["Id"]
+        sock: Any = await self._call(subject, self._api.exec_start, exec_id, socket=True)
+        raw: socket.socket = getattr(sock, "_sock", sock)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Output | BaseException | None] = asyncio.Queue()
+        slots = threading.Semaphore(STREAM_BUFFER_CHUNKS)
+        stop = threading.Event()
+
+        def deliver(item: Output | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def pump() -> None:
+            try:
+                for fd, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+                    while not slots.acquire(timeout=0.5):
+                        if stop.is_set():
+                            return
+                    if stop.is_set():
+                        return
+                    deliver(Output(fd, data))
+                deliver(None)
+            except BaseException as exc:
+                deliver(exc)
+
+        threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    mapped = map_docker_error(item, subject)
+                    raise mapped or item
+                slots.release()
+                yield item
+            code = (await self._call(subject, self._api.exec_inspect, exec_id))["ExitCode"]
+            yield Exit(code if code is not None else 255)
+        finally:
+            stop.set()
+            # Unblocks the reader thread; closing the exec connection makes the engine end the follower.
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()

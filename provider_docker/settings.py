@@ -1,0 +1,34 @@
+"""Docker provider settings: SANDBOX_* from the kit plus SANDBOX_DOCKER_* (see the README table).
+The engine itself is found through the standard DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from provider_kit.settings import ProviderSettings, split_list
+
+
+class DockerSettings(ProviderSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
+
+    docker_default_image: str = "sandbox-base:bookworm-1"
+    docker_default_milli_cpus: int = 1000
+    docker_max_milli_cpus: int = 4000
+    docker_default_memory_mb: int = 2048
+    docker_max_memory_mb: int = 8192
+    docker_default_pids_limit: int = 1024
+    docker_max_pids_limit: int = 8192
+    # Allowed network modes, comma-separated; the first is the default.
+    docker_network_modes: str = "bridge,none,host"
+    # Host paths a request may mount read-only, comma-separated (e.g. /etc/ssl/certs/ca-certificates.crt).
+    docker_allowed_mounts: str = ""
+    # Names this deployment in container labels; the reaper only deletes containers with its own owner.
+    docker_owner: str = "sandbox-platform"
+
+    @property
+    def network_modes(self) -> list[str]:
+        return split_list(self.docker_network_modes)
+
+    @property
+    def allowed_mounts(self) -> set[str]:
+        return set(split_list(self.docker_allowed_mounts))

@@ -1,0 +1,120 @@
+"""The small interface a provider implements; everything else is written once in the kit."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sandbox.v1 import sandbox_pb2
+
+
+@dataclass(frozen=True)
+class NewSandbox:
+    """A validated CreateSandbox request, with the provider's defaults applied."""
+
+    tenant: str
+    request_id: str
+    # Fingerprint of the request, to tell a retry (same) from a conflicting reuse of request_id.
+    request_hash: str
+    spec: sandbox_pb2.SandboxSpec
+    labels: dict[str, str]
+    create_time: datetime
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """What a provider knows about one sandbox, read back from the provider's own resource."""
+
+    native_id: str
+    tenant: str
+    request_id: str
+    request_hash: str
+    spec: sandbox_pb2.SandboxSpec
+    labels: dict[str, str]
+    state: sandbox_pb2.Sandbox.State.ValueType
+    create_time: datetime
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class Output:
+    """Bytes a process wrote; fd is 1 for stdout, 2 for stderr."""
+
+    fd: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Exit:
+    """The process ended with this exit code; always the last item of a process stream."""
+
+    code: int
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Driver(abc.ABC):
+    """A sandbox provider, reduced to what differs between providers.
+
+    Errors are raised as provider_kit.errors.ApiError; anything else reaches the client as INTERNAL.
+    """
+
+    #: The provider's name in resource names, such as "docker".
+    name: str
+
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+        """Fills unset fields with the operator's defaults and rejects values beyond the operator's limits."""
+        return spec
+
+    @abc.abstractmethod
+    async def create(self, new: NewSandbox) -> SandboxRecord:
+        """Creates a running sandbox. If new.request_id is set and a sandbox of the same tenant was already
+        created with it, returns that one instead (the kit compares request hashes)."""
+
+    @abc.abstractmethod
+    async def get(self, native_id: str) -> SandboxRecord:
+        """Reads one sandbox; raises NOT_FOUND if it does not exist or is not managed by this platform."""
+
+    @abc.abstractmethod
+    async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
+        """Up to limit sandboxes of tenant carrying all labels, with native_id > after, ordered by native_id."""
+
+    @abc.abstractmethod
+    async def delete(self, native_id: str) -> None:
+        """Deletes the sandbox and all its processes; succeeds if it is already gone."""
+
+    @abc.abstractmethod
+    def stream(self, native_id: str, argv: list[str]) -> AsyncIterator[Output | Exit]:
+        """Runs argv in the sandbox, yielding its output as it comes, then its Exit.
+
+        Closing the iterator early must release the connection. Backpressure: do not read ahead much
+        further than the consumer.
+        """
+
+    async def run(self, native_id: str, argv: list[str]) -> ProcessResult:
+        """Runs argv to completion and returns its output."""
+        out, err = bytearray(), bytearray()
+        async for item in self.stream(native_id, argv):
+            if isinstance(item, Exit):
+                return ProcessResult(item.code, bytes(out), bytes(err))
+            (out if item.fd == 1 else err).extend(item.data)
+        raise RuntimeError("process stream ended without an exit status")
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """Whether the provider's backend answers; drives the named health service."""
+
+    async def reap_expired(self, now: datetime) -> int:
+        """Deletes sandboxes of this platform whose expiry has passed; returns how many."""
+        return 0
+
+    async def close(self) -> None:  # noqa: B027  (optional hook)
+        """Releases clients and connections."""

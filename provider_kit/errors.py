@@ -1,0 +1,123 @@
+"""API errors: a gRPC status code plus a stable machine-readable reason (google.rpc.ErrorInfo).
+
+Only ApiError messages reach clients. Any other exception becomes INTERNAL with a generic message and a
+reference id that points to the full traceback in the server's log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "sandbox.platform"
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error meant for the client: its message must be safe to show (no secrets, no internals)."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = metadata
+
+    def to_status(self) -> grpc.Status:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        result: grpc.Status = rpc_status.to_status(status)
+        return result
+
+
+def _factory(code: grpc.StatusCode) -> Callable[..., ApiError]:
+    def make(reason: str, message: str, **metadata: str) -> ApiError:
+        return ApiError(code, reason, message, **metadata)
+
+    return make
+
+
+invalid_argument = _factory(grpc.StatusCode.INVALID_ARGUMENT)
+not_found = _factory(grpc.StatusCode.NOT_FOUND)
+already_exists = _factory(grpc.StatusCode.ALREADY_EXISTS)
+failed_precondition = _factory(grpc.StatusCode.FAILED_PRECONDITION)
+unavailable = _factory(grpc.StatusCode.UNAVAILABLE)
+resource_exhausted = _factory(grpc.StatusCode.RESOURCE_EXHAUSTED)
+unauthenticated = _factory(grpc.StatusCode.UNAUTHENTICATED)
+deadline_exceeded = _factory(grpc.StatusCode.DEADLINE_EXCEEDED)
+internal = _factory(grpc.StatusCode.INTERNAL)
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo detail of a failed call, if the server sent one."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    return None
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: ApiError) -> None:
+    await context.abort_with_status(error.to_status())
+
+
+def _internal(exc: BaseException, method: str) -> ApiError:
+    ref = uuid.uuid4().hex[:12]
+    log.error("unhandled error in %s (ref %s)", method, ref, exc_info=exc)
+    return internal("INTERNAL", f"internal error (reference {ref})", reference=ref)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+
+def unary_errors(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """Turns ApiError into its status and any other exception into an opaque INTERNAL."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except ApiError as err:
+            await abort(context, err)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, _internal(exc, method.__name__))
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def stream_errors(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    """The same as unary_errors, for server-streaming methods."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except ApiError as err:
+            await abort(context, err)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort(context, _internal(exc, method.__name__))
+
+    return wrapper

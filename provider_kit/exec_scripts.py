@@ -1,0 +1,99 @@
+"""The shell side of the execution model, run inside the sandbox with bash and GNU coreutils.
+
+Every execution is a detached process tree whose state lives in files under BASE_DIR, so any replica
+can re-attach to it and nothing depends on the stream that started it:
+
+  {id}.out / {id}.err   the command's stdout and stderr, appended as written (offsets are byte positions)
+  {id}.runner           pid of the runner (a session leader, so a dropped exec does not take it down)
+  {id}.pid              pid of `timeout`, which owns the command's process group (cancel signals it)
+  {id}.rc               the command's own exit code, written only if it exited by itself
+  {id}.cancel           marker left by CancelExecution
+  {id}.status           the outcome, written last: "exited N", "timed_out", "cancelled" or "killed N"
+
+Following uses `tail --pid` in polling mode (inotify start-up costs ~6 ms per tail); a short initial wait
+lets quick commands finish before any tail starts, so they never pay a polling interval.
+"""
+
+BASE_DIR = "/tmp/.sandbox-executions"
+
+# Exit code of the follower/probe when the execution does not exist.
+NOT_FOUND_EXIT = 254
+
+RUNNER = r"""
+d=$1 t=$2 w=$3; shift 3
+fin() { echo "$1" > "$d.status"; exit 0; }
+[ -e "$d.cancel" ] && fin cancelled
+if [ -n "$w" ]; then cd -- "$w" 2>>"$d.err" || fin "exited 126"; fi
+timeout -k 10 "$t" sh -c '"$@" </dev/null >>"$0.out" 2>>"$0.err"; echo $? >"$0.rc"' "$d" "$@" &
+echo $! > "$d.pid"
+wait $!; code=$?
+if read -r rc < "$d.rc" 2>/dev/null; then fin "exited $rc"; fi
+[ -e "$d.cancel" ] && fin cancelled
+case $code in 124|137) fin timed_out;; esac
+fin "killed $code"
+"""
+
+SCRIPT = r"""
+mode=$1 b=$2 id=$3; shift 3
+d=$b/$id
+
+follow() {
+  if [ -e "$d.status" ] || [ -z "$3" ]; then
+    tail -c +$(($1 + 1)) "$d.out"
+    tail -c +$(($2 + 1)) "$d.err" >&2
+  else
+    tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($1 + 1)) -f "$d.out" &
+    tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($2 + 1)) -f "$d.err" >&2 &
+    wait
+  fi
+  s=; read -r s < "$d.status" 2>/dev/null
+  case $s in "exited "*) exit "${s#exited }";; esac
+  exit 255
+}
+
+probe() {
+  s=; [ -e "$d.status" ] && read -r s < "$d.status"
+  alive=0
+  if [ -z "$s" ] && read -r p < "$d.runner" 2>/dev/null && kill -0 "$p" 2>/dev/null; then alive=1; fi
+  echo "status=$s"
+  echo "alive=$alive"
+  stat -c '%n %s %.3Y' "$d.out" "$d.err" "$d.runner" "$d.status" 2>/dev/null
+  exit 0
+}
+
+if [ "$mode" != start ] && [ ! -e "$d.out" ]; then exit 254; fi
+case $mode in
+start)
+  t=$1 w=$2 r=$3; shift 3
+  [ -d "$b" ] || mkdir -p -m 1777 "$b" || exit 255
+  : > "$d.out" && : > "$d.err" || exit 255
+  setsid bash -c "$r" sandbox-runner "$d" "$t" "$w" "$@" </dev/null >/dev/null 2>&1 &
+  p=$!
+  echo "$p" > "$d.runner"
+  sleep 0.02 & s=$!
+  wait -n "$p" "$s"; kill "$s" 2>/dev/null
+  follow 0 0 "$p" ;;
+attach)
+  p=; read -r p < "$d.runner" 2>/dev/null
+  follow "$1" "$2" "$p" ;;
+probe)
+  probe ;;
+cancel)
+  if [ ! -e "$d.status" ]; then
+    : > "$d.cancel"
+    read -r p < "$d.pid" 2>/dev/null && kill -TERM "$p" 2>/dev/null
+    n=0
+    while [ ! -e "$d.status" ] && [ $n -lt 40 ]; do sleep 0.05; n=$((n + 1)); done
+  fi
+  probe ;;
+esac
+"""
+
+
+def command(mode: str, execution_id: str, *args: str) -> list[str]:
+    """The argv that runs SCRIPT in the given mode for one execution."""
+    return ["bash", "-c", SCRIPT, "sandbox-exec", mode, BASE_DIR, execution_id, *args]
+
+
+def start_command(execution_id: str, timeout_s: float, working_dir: str, argv: list[str]) -> list[str]:
+    return command("start", execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, *argv)

@@ -1,0 +1,159 @@
+"""Executions: detached processes in a sandbox that any replica can stream, re-attach to, inspect or cancel.
+
+The process state lives in files inside the sandbox (see exec_scripts), so this module keeps nothing in
+memory between calls. Stream offsets are byte positions in the stdout and stderr files: a client that
+re-attaches with the sums of the bytes it received gets the rest, with nothing lost or repeated.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+from sandbox.v1 import sandbox_pb2
+
+from provider_kit import exec_scripts
+from provider_kit.driver import Driver, Exit, Output
+from provider_kit.errors import not_found, unavailable
+from provider_kit.names import ExecutionName, SandboxName
+from provider_kit.streams import with_keepalive
+from provider_kit.telemetry import EXECUTION_OUTCOMES
+
+Execution = sandbox_pb2.Execution
+ExecutionEvent = sandbox_pb2.ExecutionEvent
+_STREAMS = {1: sandbox_pb2.OutputChunk.STREAM_STDOUT, 2: sandbox_pb2.OutputChunk.STREAM_STDERR}
+
+
+def timestamp(when: datetime | float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if isinstance(when, datetime):
+        ts.FromDatetime(when)
+    else:
+        ts.FromNanoseconds(int(when * 1e9))
+    return ts
+
+
+def _state_of(status: str, alive: bool) -> tuple[Execution.State.ValueType, int]:
+    """Maps the status file's content to a state and exit code."""
+    if status.startswith("exited "):
+        code = int(status.removeprefix("exited "))
+        return (Execution.STATE_SUCCEEDED if code == 0 else Execution.STATE_FAILED), code
+    if status == "timed_out":
+        return Execution.STATE_TIMED_OUT, 0
+    if status == "cancelled":
+        return Execution.STATE_CANCELLED, 0
+    if status.startswith("killed "):
+        return Execution.STATE_FAILED, int(status.removeprefix("killed "))
+    return (Execution.STATE_RUNNING if alive else Execution.STATE_LOST), 0
+
+
+class Executions:
+    def __init__(self, driver: Driver, keepalive_seconds: float) -> None:
+        self._driver = driver
+        self._keepalive = keepalive_seconds
+
+    async def start(
+        self,
+        sandbox: SandboxName,
+        argv: list[str],
+        env: dict[str, str],
+        working_dir: str,
+        timeout_s: float,
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        """Starts argv detached and streams it: a `started` event, output, keepalives, then `finished`."""
+        name = ExecutionName(sandbox, uuid.uuid4().hex[:16])
+        start_time = datetime.now(UTC)
+        yield ExecutionEvent(
+            started=Execution(name=str(name), state=Execution.STATE_RUNNING, start_time=timestamp(start_time))
+        )
+        if env:
+            argv = ["env", "--", *(f"{key}={value}" for key, value in env.items()), *argv]
+        command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv)
+        async for event in self._follow(name, command, 0, 0, start_time):
+            yield event
+
+    async def attach(
+        self, name: ExecutionName, stdout_offset: int, stderr_offset: int
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        """Replays output from the given offsets, then follows live until the execution ends."""
+        command = exec_scripts.command("attach", name.execution_id, str(stdout_offset), str(stderr_offset))
+        async for event in self._follow(name, command, stdout_offset, stderr_offset, None):
+            yield event
+
+    async def get(self, name: ExecutionName) -> sandbox_pb2.Execution:
+        return await self._probe(name, "probe")
+
+    async def cancel(self, name: ExecutionName) -> sandbox_pb2.Execution:
+        """Signals the execution's process group (SIGTERM, SIGKILL 10 s later) and returns its state."""
+        return await self._probe(name, "cancel")
+
+    async def _follow(
+        self,
+        name: ExecutionName,
+        command: list[str],
+        stdout_offset: int,
+        stderr_offset: int,
+        start_time: datetime | None,
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        offsets = {1: stdout_offset, 2: stderr_offset}
+        process = self._driver.stream(name.sandbox.native_id, command)
+        async for item in with_keepalive(process, self._keepalive):
+            if item is None:
+                yield ExecutionEvent(keepalive=sandbox_pb2.Keepalive(time=timestamp(datetime.now(UTC))))
+            elif isinstance(item, Output):
+                chunk = sandbox_pb2.OutputChunk(stream=_STREAMS[item.fd], offset=offsets[item.fd], data=item.data)
+                offsets[item.fd] += len(item.data)
+                yield ExecutionEvent(output=chunk)
+            elif isinstance(item, Exit):
+                if item.code == 0 and start_time is not None:
+                    # The common case needs no second round trip: we know everything already.
+                    finished = Execution(
+                        name=str(name),
+                        state=Execution.STATE_SUCCEEDED,
+                        stdout_bytes=offsets[1],
+                        stderr_bytes=offsets[2],
+                        start_time=timestamp(start_time),
+                        end_time=timestamp(datetime.now(UTC)),
+                    )
+                else:
+                    finished = await self.get(name)
+                    if finished.state == Execution.STATE_RUNNING:
+                        raise unavailable(
+                            "STREAM_INTERRUPTED",
+                            f"the stream of {name} broke while it still runs; re-attach with AttachExecution",
+                        )
+                EXECUTION_OUTCOMES.add(1, {"state": Execution.State.Name(finished.state)})
+                yield ExecutionEvent(finished=finished)
+                return
+        raise unavailable("STREAM_INTERRUPTED", f"the stream of {name} ended early; re-attach with AttachExecution")
+
+    async def _probe(self, name: ExecutionName, mode: str) -> sandbox_pb2.Execution:
+        result = await self._driver.run(name.sandbox.native_id, exec_scripts.command(mode, name.execution_id))
+        if result.code == exec_scripts.NOT_FOUND_EXIT:
+            raise not_found("EXECUTION_NOT_FOUND", f"execution {name} does not exist")
+        if result.code != 0:
+            raise unavailable("PROBE_FAILED", f"could not read the state of {name}; retry")
+        fields: dict[str, str] = {}
+        files: dict[str, tuple[int, float]] = {}
+        for line in result.stdout.decode(errors="replace").splitlines():
+            if line.startswith(("status=", "alive=")):
+                key, _, value = line.partition("=")
+                fields[key] = value
+            elif line:
+                path, size, mtime = line.rsplit(" ", 2)
+                files[path.rsplit(".", 1)[-1]] = (int(size), float(mtime))
+        state, code = _state_of(fields.get("status", ""), fields.get("alive") == "1")
+        execution = Execution(
+            name=str(name),
+            state=state,
+            exit_code=code,
+            stdout_bytes=files.get("out", (0, 0.0))[0],
+            stderr_bytes=files.get("err", (0, 0.0))[0],
+        )
+        if "runner" in files:
+            execution.start_time.CopyFrom(timestamp(files["runner"][1]))
+        if "status" in files:
+            execution.end_time.CopyFrom(timestamp(files["status"][1]))
+        return execution

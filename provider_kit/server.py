@@ -1,0 +1,152 @@
+"""The aio gRPC server every process runs: health, reflection, keepalive, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+from provider_kit.driver import Driver
+from provider_kit.logs import setup_logging
+from provider_kit.servicer import ProviderServicer
+from provider_kit.settings import ProviderSettings, ServerSettings
+from provider_kit.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
+
+log = logging.getLogger(__name__)
+
+#: The named health service: SERVING only while the server can do its job (its backend answers).
+SERVICE_NAME: str = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxProvider"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+READINESS_INTERVAL_SECONDS = 5.0
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        # grpcio enables SO_REUSEPORT by default, which lets two servers bind one port without an error.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Connections are recycled so that new replicas behind a Service get their share of clients.
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_seconds * 1000)),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
+    if settings.tls_cert_file and settings.tls_key_file:
+        ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+        return server.add_secure_port(settings.listen, credentials)
+    return server.add_insecure_port(settings.listen)
+
+
+async def serve(
+    *,
+    name: str,
+    settings: ServerSettings,
+    add_services: Callable[[grpc.aio.Server], None],
+    ready: Callable[[], Awaitable[bool]],
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Runs a server until SIGTERM/SIGINT, then drains: health turns NOT_SERVING, new calls are refused,
+    in-flight calls get settings.drain_seconds to finish."""
+    setup_logging(settings.log_level)
+    setup_telemetry(name)
+    server = grpc.aio.server(interceptors=server_interceptors(), options=server_options(settings))
+    add_services(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = _bind(server, settings)
+    await server.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    # The first line on stdout tells scripts and tests where the server listens (the port may be 0).
+    print(json.dumps({"event": "listening", "service": name, "address": f"{host}:{port}"}), flush=True)
+    log.info("listening", extra={"service": name, "address": f"{host}:{port}"})
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async def track_readiness() -> None:
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        while not stopping.is_set():
+            try:
+                is_ready = await ready()
+            except Exception:
+                log.exception("readiness check failed")
+                is_ready = False
+            status = health_pb2.HealthCheckResponse.SERVING if is_ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            await health_servicer.set(SERVICE_NAME, status)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), READINESS_INTERVAL_SECONDS)
+
+    tasks = [asyncio.create_task(track_readiness())]
+    if background is not None:
+        tasks.append(asyncio.create_task(background()))
+    await stopping.wait()
+    log.info("draining", extra={"grace_seconds": settings.drain_seconds})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.drain_seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if on_stop is not None:
+        await on_stop()
+    shutdown_telemetry()
+    log.info("stopped")
+
+
+async def serve_provider(driver: Driver, settings: ProviderSettings) -> None:
+    """Serves SandboxProvider for one driver, with its reaper deleting expired sandboxes."""
+
+    async def reap_forever() -> None:
+        while True:
+            try:
+                count = await driver.reap_expired(datetime.now(UTC))
+                if count:
+                    log.info("reaped expired sandboxes", extra={"count": count})
+            except Exception:
+                log.exception("reaper failed")
+            await asyncio.sleep(settings.reap_interval_seconds)
+
+    servicer = ProviderServicer(driver, settings)
+    await serve(
+        name=f"provider_{driver.name}",
+        settings=settings,
+        add_services=lambda server: sandbox_pb2_grpc.add_SandboxProviderServicer_to_server(servicer, server),
+        ready=driver.ready,
+        background=reap_forever,
+        on_stop=driver.close,
+    )
+
+
+def exit_on_bad_settings(error: Exception) -> None:
+    """Settings errors name the variable to fix; print them plainly and exit non-zero."""
+    print(f"configuration error: {error}", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,201 @@
+"""The SandboxProvider servicer, written once for every provider over the Driver interface."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+from provider_kit import validation
+from provider_kit.auth import provider_caller_tenant
+from provider_kit.driver import Driver, NewSandbox, SandboxRecord
+from provider_kit.errors import (
+    ApiError,
+    already_exists,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    stream_errors,
+    unary_errors,
+)
+from provider_kit.executions import Executions, timestamp
+from provider_kit.names import SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
+from provider_kit.settings import ProviderSettings
+from provider_kit.telemetry import ACTIVE_SANDBOXES, SANDBOX_CREATE_SECONDS
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def to_proto(provider: str, record: SandboxRecord) -> sandbox_pb2.Sandbox:
+    return sandbox_pb2.Sandbox(
+        name=str(SandboxName(provider, record.native_id)),
+        provider=provider,
+        spec=record.spec,
+        state=record.state,
+        labels=record.labels,
+        create_time=timestamp(record.create_time),
+        expire_time=timestamp(record.expire_time),
+        request_id=record.request_id,
+    )
+
+
+class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
+    def __init__(self, driver: Driver, settings: ProviderSettings) -> None:
+        self._driver = driver
+        self._settings = settings
+        self._token = settings.provider_token.get_secret_value()
+        self._executions = Executions(driver, settings.stream_keepalive_seconds)
+
+    def _tenant(self, context: Context) -> str:
+        return provider_caller_tenant(context, self._token)
+
+    def _check_provider(self, provider: str) -> None:
+        if provider != self._driver.name:
+            raise invalid_argument(
+                "UNKNOWN_PROVIDER", f"this server serves provider {self._driver.name!r}, not {provider!r}"
+            )
+
+    async def _owned(self, name: SandboxName, tenant: str) -> SandboxRecord:
+        """The sandbox if it exists and belongs to tenant; another tenant's sandbox is NOT_FOUND."""
+        self._check_provider(name.provider)
+        record = await self._driver.get(name.native_id)
+        if record.tenant != tenant:
+            raise not_found("SANDBOX_NOT_FOUND", f"sandbox {name} does not exist")
+        return record
+
+    async def _running(self, name: SandboxName, tenant: str) -> SandboxRecord:
+        record = await self._owned(name, tenant)
+        if record.state != sandbox_pb2.Sandbox.STATE_RUNNING:
+            raise failed_precondition("SANDBOX_NOT_RUNNING", f"sandbox {name} is not running")
+        return record
+
+    @unary_errors
+    async def CreateSandbox(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = self._tenant(context)
+        self._check_provider(request.provider)
+        validation.request_id(request.request_id)
+        labels = validation.labels(dict(request.labels))
+        validation.spec(request.spec, max_ttl=self._settings.max_ttl_seconds)
+        spec = self._driver.apply_defaults(request.spec)
+        ttl = validation.seconds(request.spec.ttl, "spec.ttl", maximum=self._settings.max_ttl_seconds)
+        now = datetime.now(UTC)
+        new = NewSandbox(
+            tenant=tenant,
+            request_id=request.request_id,
+            request_hash=validation.request_hash(request),
+            spec=spec,
+            labels=labels,
+            create_time=now,
+            expire_time=now + timedelta(seconds=ttl or self._settings.default_ttl_seconds),
+        )
+        started = time.perf_counter()
+        record = await self._driver.create(new)
+        if record.tenant != tenant or record.request_hash != new.request_hash:
+            raise already_exists(
+                "REQUEST_ID_REUSED",
+                f"request_id {request.request_id!r} was already used for a different CreateSandbox request",
+            )
+        SANDBOX_CREATE_SECONDS.record(time.perf_counter() - started, {"provider": self._driver.name})
+        ACTIVE_SANDBOXES.add(1, {"provider": self._driver.name})
+        return to_proto(self._driver.name, record)
+
+    @unary_errors
+    async def GetSandbox(self, request: sandbox_pb2.GetSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
+        tenant = self._tenant(context)
+        record = await self._owned(parse_sandbox_name(request.name), tenant)
+        return to_proto(self._driver.name, record)
+
+    @unary_errors
+    async def ListSandboxes(
+        self, request: sandbox_pb2.ListSandboxesRequest, context: Context
+    ) -> sandbox_pb2.ListSandboxesResponse:
+        tenant = self._tenant(context)
+        self._check_provider(parse_parent(request.parent))
+        size = validation.page_size(request.page_size)
+        after = validation.decode_page_token(request.page_token)
+        labels = validation.labels(dict(request.labels))
+        # One extra record tells whether another page follows.
+        records = await self._driver.list_sandboxes(tenant, labels, after, size + 1)
+        page = records[:size]
+        token = validation.encode_page_token(page[-1].native_id) if len(records) > size else ""
+        return sandbox_pb2.ListSandboxesResponse(
+            sandboxes=[to_proto(self._driver.name, r) for r in page], next_page_token=token
+        )
+
+    @unary_errors
+    async def DeleteSandbox(
+        self, request: sandbox_pb2.DeleteSandboxRequest, context: Context
+    ) -> sandbox_pb2.DeleteSandboxResponse:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.name)
+        try:
+            await self._owned(name, tenant)
+        except ApiError as err:
+            # Already gone (or never the caller's): the desired end state holds, so deleting succeeds.
+            if err.code == grpc.StatusCode.NOT_FOUND:
+                return sandbox_pb2.DeleteSandboxResponse()
+            raise
+        await self._driver.delete(name.native_id)
+        ACTIVE_SANDBOXES.add(-1, {"provider": self._driver.name})
+        return sandbox_pb2.DeleteSandboxResponse()
+
+    @stream_errors
+    async def RunCommand(
+        self, request: sandbox_pb2.RunCommandRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.sandbox, "sandbox")
+        argv = validation.argv(list(request.argv))
+        env = validation.env(dict(request.env), "env")
+        working_dir = validation.absolute_path(request.working_dir, "working_dir")
+        timeout = (
+            validation.seconds(request.timeout, "timeout", maximum=self._settings.max_command_timeout_seconds)
+            if request.HasField("timeout")
+            else self._settings.default_command_timeout_seconds
+        )
+        await self._running(name, tenant)
+        async for event in self._executions.start(name, argv, env, working_dir, timeout):
+            yield event
+
+    @stream_errors
+    async def AttachExecution(
+        self, request: sandbox_pb2.AttachExecutionRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        tenant = self._tenant(context)
+        name = parse_execution_name(request.name)
+        out = validation.offset(request.stdout_offset, "stdout_offset")
+        err = validation.offset(request.stderr_offset, "stderr_offset")
+        await self._running(name.sandbox, tenant)
+        async for event in self._executions.attach(name, out, err):
+            yield event
+
+    @unary_errors
+    async def GetExecution(self, request: sandbox_pb2.GetExecutionRequest, context: Context) -> sandbox_pb2.Execution:
+        tenant = self._tenant(context)
+        name = parse_execution_name(request.name)
+        await self._running(name.sandbox, tenant)
+        return await self._executions.get(name)
+
+    @unary_errors
+    async def CancelExecution(
+        self, request: sandbox_pb2.CancelExecutionRequest, context: Context
+    ) -> sandbox_pb2.Execution:
+        tenant = self._tenant(context)
+        name = parse_execution_name(request.name)
+        await self._running(name.sandbox, tenant)
+        return await self._executions.cancel(name)
+
+    @unary_errors
+    async def ListProviders(
+        self, request: sandbox_pb2.ListProvidersRequest, context: Context
+    ) -> sandbox_pb2.ListProvidersResponse:
+        self._tenant(context)
+        ready = await self._driver.ready()
+        status = sandbox_pb2.ProviderStatus(
+            name=self._driver.name, ready=ready, detail="" if ready else "backend not reachable"
+        )
+        return sandbox_pb2.ListProvidersResponse(providers=[status])
