@@ -98,6 +98,8 @@ class LocalStack:
     client_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     provider_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     tenant: str = "local"
+    # More clients: token -> tenant.
+    extra_tokens: dict[str, str] = field(default_factory=dict)
     provider_processes: list[ServerProcess] = field(default_factory=list)
     orchestrator_processes: list[ServerProcess] = field(default_factory=list)
 
@@ -114,7 +116,9 @@ class LocalStack:
                 env = {
                     "SANDBOX_PROVIDERS": f"docker={target}",
                     "SANDBOX_PROVIDER_TOKEN": self.provider_token,
-                    "SANDBOX_TENANT_TOKENS": f"{self.client_token}={self.tenant}",
+                    "SANDBOX_TENANT_TOKENS": ",".join(
+                        f"{token}={tenant}" for token, tenant in {self.client_token: self.tenant, **self.extra_tokens}.items()
+                    ),
                     **self.orchestrator_env,
                 }
                 self.orchestrator_processes.append(

@@ -1,0 +1,84 @@
+"""A small test client that talks to the platform the way a user's service does: over gRPC."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from sandbox.v1 import sandbox_pb2 as pb
+from sandbox.v1 import sandbox_pb2_grpc
+
+STDOUT = pb.OutputChunk.STREAM_STDOUT
+STDERR = pb.OutputChunk.STREAM_STDERR
+
+
+@dataclass
+class Collected:
+    """Everything one execution stream delivered."""
+
+    name: str = ""
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    keepalives: int = 0
+    finished: pb.Execution | None = None
+    events: int = 0
+
+    def add(self, event: pb.ExecutionEvent) -> None:
+        self.events += 1
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            self.name = event.started.name
+        elif kind == "output":
+            target = self.stdout if event.output.stream == STDOUT else self.stderr
+            # Offsets must continue exactly where the previous chunk ended: no gap, no overlap.
+            assert event.output.offset == len(target), (event.output.offset, len(target))
+            target.extend(event.output.data)
+        elif kind == "keepalive":
+            self.keepalives += 1
+        elif kind == "finished":
+            self.finished = event.finished
+
+
+class Client:
+    def __init__(self, address: str, token: str, extra_metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 32 << 20)])
+        self.stub = sandbox_pb2_grpc.SandboxProviderStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"), *extra_metadata)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def create(self, provider: str = "docker", **kwargs: object) -> pb.Sandbox:
+        spec = kwargs.pop("spec", None) or pb.SandboxSpec(network_mode="host")
+        request = pb.CreateSandboxRequest(provider=provider, spec=spec, **kwargs)  # type: ignore[arg-type]
+        return await self.stub.CreateSandbox(request, metadata=self.metadata)
+
+    async def delete(self, name: str) -> None:
+        await self.stub.DeleteSandbox(pb.DeleteSandboxRequest(name=name), metadata=self.metadata)
+
+    async def get(self, name: str) -> pb.Sandbox:
+        return await self.stub.GetSandbox(pb.GetSandboxRequest(name=name), metadata=self.metadata)
+
+    def run_stream(self, sandbox: str, argv: list[str], **kwargs: object) -> AsyncIterator[pb.ExecutionEvent]:
+        request = pb.RunCommandRequest(sandbox=sandbox, argv=argv, **kwargs)  # type: ignore[arg-type]
+        return self.stub.RunCommand(request, metadata=self.metadata)
+
+    async def run(self, sandbox: str, argv: list[str], **kwargs: object) -> Collected:
+        collected = Collected()
+        async for event in self.run_stream(sandbox, argv, **kwargs):
+            collected.add(event)
+        return collected
+
+    def attach_stream(self, name: str, collected: Collected) -> AsyncIterator[pb.ExecutionEvent]:
+        request = pb.AttachExecutionRequest(
+            name=name, stdout_offset=len(collected.stdout), stderr_offset=len(collected.stderr)
+        )
+        return self.stub.AttachExecution(request, metadata=self.metadata)
+
+    async def attach(self, name: str, collected: Collected) -> Collected:
+        """Continues `collected` from where it stopped."""
+        async for event in self.attach_stream(name, collected):
+            collected.add(event)
+        return collected
