@@ -1,0 +1,90 @@
+"""Executions outlive the replica that streams them: kill it, re-attach elsewhere, lose and repeat nothing."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+
+from orchestrator.local_stack import LocalStack
+from sandbox.v1 import sandbox_pb2 as pb
+from tests.client import Client, Collected
+
+LINES = 40
+SCRIPT = f'for i in $(seq 1 {LINES}); do echo "line $i"; echo "err $i" >&2; sleep 0.1; done; exit 3'
+EXPECTED_OUT = b"".join(b"line %d\n" % i for i in range(1, LINES + 1))
+EXPECTED_ERR = b"".join(b"err %d\n" % i for i in range(1, LINES + 1))
+
+
+async def _read_some(stream: AsyncIterator[pb.ExecutionEvent], collected: Collected, lines: int) -> None:
+    async for event in stream:
+        collected.add(event)
+        if collected.stdout.count(b"\n") >= lines:
+            return
+    raise AssertionError("the command ended before the replica was killed")
+
+
+async def _expect_broken(stream: AsyncIterator[pb.ExecutionEvent], collected: Collected) -> None:
+    """Whatever still arrives before the stream breaks counts; then the stream must fail, not end."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in stream:
+            collected.add(event)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _assert_complete(collected: Collected) -> None:
+    assert bytes(collected.stdout) == EXPECTED_OUT
+    assert bytes(collected.stderr) == EXPECTED_ERR
+    assert collected.finished is not None
+    assert collected.finished.state == pb.Execution.STATE_FAILED
+    assert collected.finished.exit_code == 3
+
+
+async def test_reattach_through_another_provider_replica(make_stack: Callable[..., LocalStack]) -> None:
+    # Two independent paths to the same Docker engine: orchestrator A -> provider A, B -> B.
+    stack_a, stack_b = make_stack(), make_stack()
+    a = Client(stack_a.address, stack_a.client_token)
+    b = Client(stack_b.address, stack_b.client_token)
+    sandbox = (await a.create()).name
+    try:
+        collected = Collected()
+        stream = a.run_stream(sandbox, ["sh", "-c", SCRIPT])
+        await _read_some(stream, collected, 5)
+        stack_a.provider_processes[0].signal(signal.SIGKILL)
+        await _expect_broken(stream, collected)
+        assert collected.finished is None
+        await b.attach(collected.name, collected)
+        _assert_complete(collected)
+    finally:
+        await b.delete(sandbox)
+        await a.close()
+        await b.close()
+
+
+async def test_reattach_through_another_orchestrator_replica(make_stack: Callable[..., LocalStack]) -> None:
+    stack = make_stack(providers=1, orchestrators=2)
+    first = Client(stack.orchestrator_processes[0].address, stack.client_token)
+    second = Client(stack.orchestrator_processes[1].address, stack.client_token)
+    sandbox = (await second.create()).name
+    try:
+        collected = Collected()
+        stream = first.run_stream(sandbox, ["sh", "-c", SCRIPT])
+        await _read_some(stream, collected, 5)
+        stack.orchestrator_processes[0].signal(signal.SIGKILL)
+        await _expect_broken(stream, collected)
+        await second.attach(collected.name, collected)
+        _assert_complete(collected)
+    finally:
+        await second.delete(sandbox)
+        await first.close()
+        await second.close()
+
+
+async def test_attach_replays_from_any_offset(client: Client, sandbox: str) -> None:
+    done = await client.run(sandbox, ["sh", "-c", "printf abcdefghij; printf 0123456789 >&2"])
+    replay = Collected(stdout=bytearray(b"abc"), stderr=bytearray(b"0123456"))
+    await client.attach(done.name, replay)
+    assert (bytes(replay.stdout), bytes(replay.stderr)) == (b"abcdefghij", b"0123456789")
+    assert replay.finished is not None and replay.finished.state == pb.Execution.STATE_SUCCEEDED
