@@ -117,7 +117,8 @@ class LocalStack:
                     "SANDBOX_PROVIDERS": f"docker={target}",
                     "SANDBOX_PROVIDER_TOKEN": self.provider_token,
                     "SANDBOX_TENANT_TOKENS": ",".join(
-                        f"{token}={tenant}" for token, tenant in {self.client_token: self.tenant, **self.extra_tokens}.items()
+                        f"{token}={tenant}"
+                        for token, tenant in {self.client_token: self.tenant, **self.extra_tokens}.items()
                     ),
                     **self.orchestrator_env,
                 }

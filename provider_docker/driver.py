@@ -22,19 +22,21 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import docker.utils
+import grpc
 from docker.utils.socket import frames_iter
 from sandbox.v1 import sandbox_pb2
 
 from provider_docker.errors import map_docker_error
 from provider_docker.settings import DockerSettings
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
-from provider_kit.errors import failed_precondition, invalid_argument, not_found
+from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found
 
 T = TypeVar("T")
 LABEL = "sandbox.platform/"
 USER_LABEL = "sandbox.platform.label/"
 # How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
 STREAM_BUFFER_CHUNKS = 64
+RESERVED_NAME_ATTEMPTS = 50
 
 
 def _epoch(value: datetime) -> str:
@@ -51,7 +53,11 @@ class DockerDriver(Driver):
     def __init__(self, settings: DockerSettings, client: docker.APIClient | None = None) -> None:
         self._settings = settings
         self._api = client or docker.APIClient(
-            version="auto", timeout=120, max_pool_size=64, **docker.utils.kwargs_from_env()
+            # A fixed API version: "auto" would need the engine up just to construct the client.
+            version=settings.docker_api_version,
+            timeout=120,
+            max_pool_size=64,
+            **docker.utils.kwargs_from_env(),
         )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
 
@@ -169,7 +175,7 @@ class DockerDriver(Driver):
             if not (isinstance(cause, docker.errors.APIError) and cause.status_code == 409 and new.request_id):
                 raise
             # The same request_id was used before: hand back that sandbox (the kit compares request hashes).
-            existing = await self.get(name)
+            existing = await self._get_reserved(name)
             if existing.state == sandbox_pb2.Sandbox.STATE_STARTING:
                 await self._call(subject, self._api.start, name)
                 existing = await self.get(name)
@@ -182,6 +188,18 @@ class DockerDriver(Driver):
                 await self._call(subject, self._api.remove_container, name, force=True, v=True)
             raise
         return self._record(name, self._labels(new), "running")
+
+    async def _get_reserved(self, name: str) -> SandboxRecord:
+        """Reads a container whose name another request has reserved. The engine reserves the name before
+        the container can be inspected, so a concurrent create may briefly see NOT_FOUND."""
+        for _ in range(RESERVED_NAME_ATTEMPTS):
+            try:
+                return await self.get(name)
+            except ApiError as err:
+                if err.code != grpc.StatusCode.NOT_FOUND:
+                    raise
+            await asyncio.sleep(0.1)
+        return await self.get(name)
 
     async def get(self, native_id: str) -> SandboxRecord:
         attrs = await self._call(f"sandbox {native_id}", self._api.inspect_container, native_id)

@@ -11,6 +11,7 @@ from provider_kit.settings import ProviderSettings, split_list
 class DockerSettings(ProviderSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
 
+    docker_api_version: str = "1.41"
     docker_default_image: str = "sandbox-base:bookworm-1"
     docker_default_milli_cpus: int = 1000
     docker_max_milli_cpus: int = 4000

@@ -8,8 +8,8 @@ import docker
 import docker.errors
 import grpc
 import pytest
-
 from sandbox.v1 import sandbox_pb2 as pb
+
 from tests.client import Client
 
 
@@ -62,8 +62,10 @@ async def test_create_get_list_run_delete(client: Client, docker_client: docker.
 
 async def test_env_working_dir_and_success(client: Client, sandbox: str) -> None:
     result = await client.run(
-        sandbox, ["sh", "-c", 'printf "%s|%s|%s" "$GREETING" "$SPACED" "$(pwd)"'],
-        env={"GREETING": "hello", "SPACED": "a b  'c' $(not run)"}, working_dir="/usr",
+        sandbox,
+        ["sh", "-c", 'printf "%s|%s|%s" "$GREETING" "$SPACED" "$(pwd)"'],
+        env={"GREETING": "hello", "SPACED": "a b  'c' $(not run)"},
+        working_dir="/usr",
     )
     assert bytes(result.stdout) == b"hello|a b  'c' $(not run)|/usr"
     assert result.finished is not None and result.finished.state == pb.Execution.STATE_SUCCEEDED
@@ -76,8 +78,9 @@ async def test_list_pages_through_every_sandbox(client: Client) -> None:
         token = ""
         while True:
             page = await client.stub.ListSandboxes(
-                pb.ListSandboxesRequest(parent="providers/docker", labels={"batch": "paging"}, page_size=2,
-                                        page_token=token),
+                pb.ListSandboxesRequest(
+                    parent="providers/docker", labels={"batch": "paging"}, page_size=2, page_token=token
+                ),
                 metadata=client.metadata,
             )
             assert len(page.sandboxes) <= 2

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 
 from sandbox.v1 import sandbox_pb2 as pb
+
 from tests.client import Client
 
 
 async def test_binary_output_is_byte_exact(client: Client, sandbox: str) -> None:
     # Every byte value, invalid UTF-8 and NULs included, on both streams.
-    script = "head -c 3000000 /dev/urandom > /tmp/bin && cat /tmp/bin && printf '\\000\\377\\376' >&2 && cat /tmp/bin >&2"
+    script = (
+        "head -c 3000000 /dev/urandom > /tmp/bin && cat /tmp/bin && printf '\\000\\377\\376' >&2 && cat /tmp/bin >&2"
+    )
     result = await client.run(sandbox, ["sh", "-c", script])
     digest = await client.run(sandbox, ["sha256sum", "/tmp/bin"])
     expected = bytes(digest.stdout).split()[0].decode()
