@@ -112,6 +112,7 @@ class LocalStack:
                 env = {"SANDBOX_PROVIDER_TOKEN": self.provider_token, **self.provider_env}
                 self.provider_processes.append(ServerProcess("provider_docker", env, self._log(f"docker-{i}")).start())
             target = "ipv4:" + ",".join(p.address for p in self.provider_processes)
+            tokens = {self.client_token: self.tenant, **self.extra_tokens}
             for i in range(self.orchestrators):
                 env = {
                     "SANDBOX_PROVIDERS": f"docker={target}",

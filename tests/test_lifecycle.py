@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import docker
 import docker.errors
@@ -10,7 +11,7 @@ import grpc
 import pytest
 from sandbox.v1 import sandbox_pb2 as pb
 
-from tests.client import Client
+from tests.client import Client, Collected
 
 
 async def test_create_get_list_run_delete(client: Client, docker_client: docker.DockerClient) -> None:
@@ -122,11 +123,9 @@ async def test_keepalives_flow_during_silence(client: Client, sandbox: str) -> N
     assert bytes(result.stdout) == b"done\n"
 
 
-async def _read_until_output(stream: object) -> "Collected":  # noqa: UP037
-    from tests.client import Collected
-
+async def _read_until_output(stream: AsyncIterator[pb.ExecutionEvent]) -> Collected:
     collected = Collected()
-    async for event in stream:  # type: ignore[attr-defined]
+    async for event in stream:
         collected.add(event)
         if collected.stdout:
             return collected
