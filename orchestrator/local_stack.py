@@ -117,10 +117,7 @@ class LocalStack:
                 env = {
                     "SANDBOX_PROVIDERS": f"docker={target}",
                     "SANDBOX_PROVIDER_TOKEN": self.provider_token,
-                    "SANDBOX_TENANT_TOKENS": ",".join(
-                        f"{token}={tenant}"
-                        for token, tenant in {self.client_token: self.tenant, **self.extra_tokens}.items()
-                    ),
+                    "SANDBOX_TENANT_TOKENS": ",".join(f"{token}={tenant}" for token, tenant in tokens.items()),
                     **self.orchestrator_env,
                 }
                 self.orchestrator_processes.append(
