@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from pydantic import ValidationError
-from sandbox.v1 import sandbox_pb2_grpc
 
 from orchestrator.router import Router
 from orchestrator.servicer import OrchestratorServicer
 from orchestrator.settings import OrchestratorSettings
 from provider_kit.auth import TenantTokens
 from provider_kit.server import exit_on_bad_settings, serve
+from sandbox.v1 import sandbox_pb2_grpc
 
 
 async def run(settings: OrchestratorSettings) -> None:

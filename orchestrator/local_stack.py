@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import grpc
+
 from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 STARTUP_TIMEOUT_SECONDS = 30.0

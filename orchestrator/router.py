@@ -7,12 +7,12 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from orchestrator.settings import OrchestratorSettings
 from provider_kit.errors import invalid_argument
 from provider_kit.server import MAX_MESSAGE_BYTES, SERVICE_NAME
 from provider_kit.telemetry import client_interceptors
+from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 

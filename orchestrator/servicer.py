@@ -8,16 +8,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from orchestrator.router import Router
 from provider_kit.auth import TENANT_HEADER, TenantTokens
 from provider_kit.errors import ApiError, deadline_exceeded, error_info, stream_errors, unary_errors, unavailable
 from provider_kit.names import parse_execution_name, parse_parent, parse_sandbox_name
+from provider_kit.telemetry import tracing_enabled
+from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-# Metadata that is the orchestrator's to set, never the client's to pass through.
-_NOT_FORWARDED = {"authorization", TENANT_HEADER, "traceparent", "tracestate", "baggage", "user-agent"}
+# Metadata that is the orchestrator's to set, never the client's to pass through. Trace headers are
+# re-issued by the tracing interceptor when tracing is on, and passed through untouched when it is off.
+_NOT_FORWARDED = {"authorization", TENANT_HEADER, "user-agent"}
+_TRACE_HEADERS = {"traceparent", "tracestate", "baggage"}
 
 
 def _provider_error(err: grpc.aio.AioRpcError, provider: str) -> ApiError:
@@ -35,13 +38,14 @@ class OrchestratorServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._router = router
         self._tokens = tokens
         self._provider_token = provider_token
+        self._not_forwarded = _NOT_FORWARDED | (_TRACE_HEADERS if tracing_enabled() else set())
 
     def _metadata(self, context: Context) -> list[tuple[str, str | bytes]]:
         tenant = self._tokens.tenant_of(context)
         forwarded = [
             (key, value)
             for key, value in context.invocation_metadata() or ()
-            if key not in _NOT_FORWARDED and not key.startswith((":", "grpc-"))
+            if key not in self._not_forwarded and not key.startswith((":", "grpc-"))
         ]
         return [
             *forwarded,

@@ -24,12 +24,12 @@ import docker.errors
 import docker.utils
 import grpc
 from docker.utils.socket import frames_iter
-from sandbox.v1 import sandbox_pb2
 
 from provider_docker.errors import map_docker_error
 from provider_docker.settings import DockerSettings
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found
+from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
 LABEL = "sandbox.platform/"

@@ -1,5 +1,7 @@
 """The shell side of the execution model, run inside the sandbox with bash and GNU coreutils.
 
+The follower needs bash (for `wait -n`); the runner is POSIX sh, which starts faster.
+
 Every execution is a detached process tree whose state lives in files under BASE_DIR, so any replica
 can re-attach to it and nothing depends on the stream that started it:
 
@@ -39,8 +41,9 @@ d=$b/$id
 
 follow() {
   if [ -e "$d.status" ] || [ -z "$3" ]; then
-    tail -c +$(($1 + 1)) "$d.out"
-    tail -c +$(($2 + 1)) "$d.err" >&2
+    # Empty files are common (quick commands): skip the process that would print nothing.
+    [ -s "$d.out" ] && tail -c +$(($1 + 1)) "$d.out"
+    [ -s "$d.err" ] && tail -c +$(($2 + 1)) "$d.err" >&2
   else
     tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($1 + 1)) -f "$d.out" &
     tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($2 + 1)) -f "$d.err" >&2 &
@@ -67,7 +70,7 @@ start)
   t=$1 w=$2 r=$3; shift 3
   [ -d "$b" ] || mkdir -p -m 1777 "$b" || exit 255
   : > "$d.out" && : > "$d.err" || exit 255
-  setsid bash -c "$r" sandbox-runner "$d" "$t" "$w" "$@" </dev/null >/dev/null 2>&1 &
+  setsid sh -c "$r" sandbox-runner "$d" "$t" "$w" "$@" </dev/null >/dev/null 2>&1 &
   p=$!
   echo "$p" > "$d.runner"
   sleep 0.02 & s=$!

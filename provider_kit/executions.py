@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
-from sandbox.v1 import sandbox_pb2
 
 from provider_kit import exec_scripts
 from provider_kit.driver import Driver, Exit, Output
@@ -20,6 +19,7 @@ from provider_kit.errors import not_found, unavailable
 from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.streams import with_keepalive
 from provider_kit.telemetry import EXECUTION_OUTCOMES
+from sandbox.v1 import sandbox_pb2
 
 Execution = sandbox_pb2.Execution
 ExecutionEvent = sandbox_pb2.ExecutionEvent

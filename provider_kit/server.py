@@ -15,13 +15,13 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from provider_kit.driver import Driver
 from provider_kit.logs import setup_logging
 from provider_kit.servicer import ProviderServicer
 from provider_kit.settings import ProviderSettings, ServerSettings
 from provider_kit.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
+from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from provider_kit import validation
 from provider_kit.auth import provider_caller_tenant
@@ -26,8 +25,10 @@ from provider_kit.executions import Executions, timestamp
 from provider_kit.names import SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
 from provider_kit.settings import ProviderSettings
 from provider_kit.telemetry import ACTIVE_SANDBOXES, SANDBOX_CREATE_SECONDS
+from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+TENANT_CACHE_SIZE = 10_000
 
 
 def to_proto(provider: str, record: SandboxRecord) -> sandbox_pb2.Sandbox:
@@ -49,6 +50,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._settings = settings
         self._token = settings.provider_token.get_secret_value()
         self._executions = Executions(driver, settings.stream_keepalive_seconds)
+        self._tenant_cache: dict[str, str] = {}
 
     def _tenant(self, context: Context) -> str:
         return provider_caller_tenant(context, self._token)
@@ -67,11 +69,24 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {name} does not exist")
         return record
 
-    async def _running(self, name: SandboxName, tenant: str) -> SandboxRecord:
-        record = await self._owned(name, tenant)
-        if record.state != sandbox_pb2.Sandbox.STATE_RUNNING:
-            raise failed_precondition("SANDBOX_NOT_RUNNING", f"sandbox {name} is not running")
-        return record
+    async def _check_running(self, name: SandboxName, tenant: str) -> None:
+        """For process calls: the sandbox must be the caller's and running.
+
+        A sandbox's tenant never changes (and request-id-derived ids embed the tenant), so a replica may
+        remember it: that saves a provider round trip on every command. If the sandbox has since gone or
+        stopped, the process call itself fails with NOT_FOUND or FAILED_PRECONDITION.
+        """
+        self._check_provider(name.provider)
+        owner = self._tenant_cache.get(name.native_id)
+        if owner is None:
+            record = await self._owned(name, tenant)
+            if record.state != sandbox_pb2.Sandbox.STATE_RUNNING:
+                raise failed_precondition("SANDBOX_NOT_RUNNING", f"sandbox {name} is not running")
+            if len(self._tenant_cache) >= TENANT_CACHE_SIZE:
+                self._tenant_cache.pop(next(iter(self._tenant_cache)))
+            self._tenant_cache[name.native_id] = owner = record.tenant
+        if owner != tenant:
+            raise not_found("SANDBOX_NOT_FOUND", f"sandbox {name} does not exist")
 
     @unary_errors
     async def CreateSandbox(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
@@ -157,7 +172,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
             if request.HasField("timeout")
             else self._settings.default_command_timeout_seconds
         )
-        await self._running(name, tenant)
+        await self._check_running(name, tenant)
         async for event in self._executions.start(name, argv, env, working_dir, timeout):
             yield event
 
@@ -169,7 +184,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         name = parse_execution_name(request.name)
         out = validation.offset(request.stdout_offset, "stdout_offset")
         err = validation.offset(request.stderr_offset, "stderr_offset")
-        await self._running(name.sandbox, tenant)
+        await self._check_running(name.sandbox, tenant)
         async for event in self._executions.attach(name, out, err):
             yield event
 
@@ -177,7 +192,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
     async def GetExecution(self, request: sandbox_pb2.GetExecutionRequest, context: Context) -> sandbox_pb2.Execution:
         tenant = self._tenant(context)
         name = parse_execution_name(request.name)
-        await self._running(name.sandbox, tenant)
+        await self._check_running(name.sandbox, tenant)
         return await self._executions.get(name)
 
     @unary_errors
@@ -186,7 +201,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
     ) -> sandbox_pb2.Execution:
         tenant = self._tenant(context)
         name = parse_execution_name(request.name)
-        await self._running(name.sandbox, tenant)
+        await self._check_running(name.sandbox, tenant)
         return await self._executions.cancel(name)
 
     @unary_errors

@@ -20,11 +20,17 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 _providers: list[Any] = []
 
 
+def tracing_enabled() -> bool:
+    """Tracing is on when an OTLP endpoint is configured. When it is off, no interceptor runs (they cost
+    about 0.2 ms per hop) and trace headers pass through the orchestrator untouched."""
+    return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+
+
 def setup_telemetry(service_name: str) -> None:
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
     tracer_provider = TracerProvider(resource=resource)
     readers = []
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+    if tracing_enabled():
         # Imported lazily: the exporter pulls in its own gRPC channel machinery.
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -44,11 +50,11 @@ def shutdown_telemetry() -> None:
 
 
 def server_interceptors() -> list[Any]:
-    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    return [aio_server_interceptor()] if tracing_enabled() else []  # type: ignore[no-untyped-call]
 
 
 def client_interceptors() -> list[Any]:
-    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+    return list(aio_client_interceptors()) if tracing_enabled() else []  # type: ignore[no-untyped-call]
 
 
 meter = metrics.get_meter("sandbox.platform")

@@ -8,9 +8,9 @@ import hashlib
 import re
 
 from google.protobuf import duration_pb2
-from sandbox.v1 import sandbox_pb2
 
 from provider_kit.errors import invalid_argument
+from sandbox.v1 import sandbox_pb2
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50

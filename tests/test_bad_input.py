@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from sandbox.v1 import sandbox_pb2 as pb
 
 from provider_kit.errors import error_info
+from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

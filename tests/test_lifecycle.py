@@ -9,8 +9,8 @@ import docker
 import docker.errors
 import grpc
 import pytest
-from sandbox.v1 import sandbox_pb2 as pb
 
+from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
 
 

@@ -133,9 +133,7 @@ class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
 
     def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: object) -> object:
         for resource_spans in request.resource_spans:
-            service = next(
-                a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
-            )
+            service = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
             for scope in resource_spans.scope_spans:
                 self.spans.extend((service, span.name, span.trace_id) for span in scope.spans)
         return trace_service_pb2.ExportTraceServiceResponse()
@@ -156,8 +154,11 @@ async def test_one_trace_spans_orchestrator_and_provider(
     make_stack: Callable[..., LocalStack], otlp_collector: tuple[str, _Collector]
 ) -> None:
     endpoint, collector = otlp_collector
-    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
     stack = make_stack(**otel)
     # Restart the orchestrator with the exporter too (make_stack's env reaches the providers only).
     orchestrator = ServerProcess("orchestrator", {**stack.orchestrator_processes[0].env, **otel}).start()

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-from sandbox.v1 import sandbox_pb2 as pb
 
 from orchestrator.local_stack import LocalStack
+from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
 
 LINES = 40

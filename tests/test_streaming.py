@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 
 from sandbox.v1 import sandbox_pb2 as pb
-
 from tests.client import Client
 
 

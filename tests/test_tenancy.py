@@ -7,9 +7,9 @@ import asyncio
 import docker
 import grpc
 import pytest
-from sandbox.v1 import sandbox_pb2 as pb
 
 from orchestrator.local_stack import LocalStack
+from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client
 from tests.conftest import OTHER_TENANT_TOKEN, OWNER_LABEL
 
