@@ -82,6 +82,7 @@ class Sandbox(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: providers/{provider}/sandboxes/{native_id}."""
     provider: _builtins.str
@@ -106,6 +107,10 @@ class Sandbox(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the sandbox will be deleted automatically."""
 
+    @_builtins.property
+    def workspace(self) -> Global___Workspace:
+        """The git workspace prepared at creation, if a repository was given."""
+
     def __init__(
         self,
         *,
@@ -117,10 +122,11 @@ class Sandbox(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        workspace: Global___Workspace | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "spec", b"spec", "workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "labels", b"labels", "name", b"name", "provider", b"provider", "request_id", b"request_id", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "labels", b"labels", "name", b"name", "provider", b"provider", "request_id", b"request_id", "spec", b"spec", "state", b"state", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,6 +264,7 @@ class CreateSandboxRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """The provider to create the sandbox on, such as "docker"."""
     request_id: _builtins.str
@@ -272,6 +279,10 @@ class CreateSandboxRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels to attach; keys and values follow Kubernetes label syntax."""
 
+    @_builtins.property
+    def repository(self) -> Global___RepositorySetup:
+        """A git repository to clone and prepare; setup runs as an execution named in Sandbox.workspace."""
+
     def __init__(
         self,
         *,
@@ -279,14 +290,133 @@ class CreateSandboxRequest(_message.Message):
         request_id: _builtins.str = ...,
         spec: Global___SandboxSpec | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        repository: Global___RepositorySetup | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["repository", b"repository", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "provider", b"provider", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "provider", b"provider", "repository", b"repository", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateSandboxRequest: _TypeAlias = CreateSandboxRequest  # noqa: Y015
+
+@_typing.final
+class RepositorySetup(_message.Message):
+    """A git repository to prepare in a new sandbox: clone, check out the base, create the working branch,
+    install dependencies.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    BASE_REF_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    BRANCH_HINT_FIELD_NUMBER: _builtins.int
+    INSTALL_DEPENDENCIES_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """Clone URL (https://, or http:// and file:// where the operator allows). Must not embed credentials."""
+    base_ref: _builtins.str
+    """Branch, tag or commit to start from; the remote's default branch when empty."""
+    depth: _builtins.int
+    """Shallow clone depth; the full history when zero."""
+    branch: _builtins.str
+    """Name of the branch to create; generated as agent/<slug>-<id> when empty."""
+    branch_hint: _builtins.str
+    """Words to build the generated branch name's slug from, such as the task's instruction."""
+    install_dependencies: _builtins.bool
+    """Detect the package manager from the repository's files and install its dependencies."""
+    token: _builtins.str
+    """Token for HTTPS authentication, used through a credential helper and never stored. Input only."""
+    @_builtins.property
+    def author(self) -> Global___GitAuthor:
+        """Commit author; a platform default when empty."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        base_ref: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        branch: _builtins.str = ...,
+        branch_hint: _builtins.str = ...,
+        install_dependencies: _builtins.bool = ...,
+        author: Global___GitAuthor | None = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["author", b"author"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "base_ref", b"base_ref", "branch", b"branch", "branch_hint", b"branch_hint", "depth", b"depth", "install_dependencies", b"install_dependencies", "token", b"token", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepositorySetup: _TypeAlias = RepositorySetup  # noqa: Y015
+
+@_typing.final
+class GitAuthor(_message.Message):
+    """The author of commits made in a sandbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Author name."""
+    email: _builtins.str
+    """Author e-mail address."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GitAuthor: _TypeAlias = GitAuthor  # noqa: Y015
+
+@_typing.final
+class Workspace(_message.Message):
+    """A git workspace inside a sandbox."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPOSITORY_URL_FIELD_NUMBER: _builtins.int
+    BASE_REF_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    SETUP_EXECUTION_FIELD_NUMBER: _builtins.int
+    repository_url: _builtins.str
+    """The repository URL it was cloned from."""
+    base_ref: _builtins.str
+    """The ref it started from."""
+    branch: _builtins.str
+    """The working branch."""
+    directory: _builtins.str
+    """The checkout's absolute path inside the sandbox."""
+    setup_execution: _builtins.str
+    """The setup execution (clone, branch, dependencies); attach to it to follow its progress."""
+    def __init__(
+        self,
+        *,
+        repository_url: _builtins.str = ...,
+        base_ref: _builtins.str = ...,
+        branch: _builtins.str = ...,
+        directory: _builtins.str = ...,
+        setup_execution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ref", b"base_ref", "branch", b"branch", "directory", b"directory", "repository_url", b"repository_url", "setup_execution", b"setup_execution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Workspace: _TypeAlias = Workspace  # noqa: Y015
 
 @_typing.final
 class GetSandboxRequest(_message.Message):
@@ -670,6 +800,7 @@ class ExecutionEvent(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     KEEPALIVE_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___Execution:
         """The execution started; always the first event of RunCommand."""
@@ -686,6 +817,10 @@ class ExecutionEvent(_message.Message):
     def finished(self) -> Global___Execution:
         """The execution ended; always the last event."""
 
+    @_builtins.property
+    def agent(self) -> Global___AgentEvent:
+        """Something the agent did, parsed from its output (ExecuteAgent only)."""
+
     def __init__(
         self,
         *,
@@ -693,16 +828,629 @@ class ExecutionEvent(_message.Message):
         output: Global___OutputChunk | None = ...,
         keepalive: Global___Keepalive | None = ...,
         finished: Global___Execution | None = ...,
+        agent: Global___AgentEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "keepalive", b"keepalive", "output", b"output", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "event", b"event", "finished", b"finished", "keepalive", b"keepalive", "output", b"output", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "keepalive", b"keepalive", "output", b"output", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "event", b"event", "finished", b"finished", "keepalive", b"keepalive", "output", b"output", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "output", "keepalive", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["started", "output", "keepalive", "finished", "agent"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___ExecutionEvent: _TypeAlias = ExecutionEvent  # noqa: Y015
+
+@_typing.final
+class ExecuteAgentRequest(_message.Message):
+    """Request for ExecuteAgent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SecretsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MCP_SERVERS_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    RESUME_SESSION_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    """Resource name of the sandbox; it must have a workspace."""
+    instruction: _builtins.str
+    """What the agent should do. Passed to the agent as one argv element or a file, never through a shell."""
+    agent: _builtins.str
+    """The agent: claude, codex, copilot, cursor, gemini, opencode or shell."""
+    model: _builtins.str
+    """The model to use; the agent's default when empty."""
+    resume_session: _builtins.str
+    """A session id from an earlier run's AgentEvent, to continue that conversation."""
+    @_builtins.property
+    def mcp_servers(self) -> _containers.RepeatedCompositeFieldContainer[Global___McpServer]:
+        """MCP servers to configure for the agent."""
+
+    @_builtins.property
+    def secrets(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Credentials such as ANTHROPIC_API_KEY, set in the agent's environment and redacted from all output."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """More environment variables for the agent, such as ANTHROPIC_BASE_URL."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Stop the agent after this long; 30 minutes when unset."""
+
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        instruction: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        model: _builtins.str = ...,
+        mcp_servers: _abc.Iterable[Global___McpServer] | None = ...,
+        secrets: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        resume_session: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "env", b"env", "instruction", b"instruction", "mcp_servers", b"mcp_servers", "model", b"model", "resume_session", b"resume_session", "sandbox", b"sandbox", "secrets", b"secrets", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteAgentRequest: _TypeAlias = ExecuteAgentRequest  # noqa: Y015
+
+@_typing.final
+class McpServer(_message.Message):
+    """An MCP (Model Context Protocol) server made available to an agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name the agent knows the server by."""
+    command: _builtins.str
+    """Program to start for a stdio server."""
+    url: _builtins.str
+    """URL of a remote (HTTP) server, instead of a command."""
+    @_builtins.property
+    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Arguments of the program."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment of the program."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        command: _builtins.str = ...,
+        args: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "name", b"name", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___McpServer: _TypeAlias = McpServer  # noqa: Y015
+
+@_typing.final
+class AgentEvent(_message.Message):
+    """One thing an agent did, parsed from its streaming output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AgentEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: AgentEvent._Kind.ValueType  # 0
+        """Not set."""
+        KIND_SESSION: AgentEvent._Kind.ValueType  # 1
+        """The agent's session started; session_id is set."""
+        KIND_TEXT: AgentEvent._Kind.ValueType  # 2
+        """The agent wrote text."""
+        KIND_TOOL_CALL: AgentEvent._Kind.ValueType  # 3
+        """The agent called a tool."""
+        KIND_TOOL_RESULT: AgentEvent._Kind.ValueType  # 4
+        """A tool returned."""
+        KIND_USAGE: AgentEvent._Kind.ValueType  # 5
+        """Token usage."""
+        KIND_RESULT: AgentEvent._Kind.ValueType  # 6
+        """The run's final result."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
+        """Kinds of agent events."""
+
+    KIND_UNSPECIFIED: AgentEvent.Kind.ValueType  # 0
+    """Not set."""
+    KIND_SESSION: AgentEvent.Kind.ValueType  # 1
+    """The agent's session started; session_id is set."""
+    KIND_TEXT: AgentEvent.Kind.ValueType  # 2
+    """The agent wrote text."""
+    KIND_TOOL_CALL: AgentEvent.Kind.ValueType  # 3
+    """The agent called a tool."""
+    KIND_TOOL_RESULT: AgentEvent.Kind.ValueType  # 4
+    """A tool returned."""
+    KIND_USAGE: AgentEvent.Kind.ValueType  # 5
+    """Token usage."""
+    KIND_RESULT: AgentEvent.Kind.ValueType  # 6
+    """The run's final result."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    TOOL_INPUT_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    kind: Global___AgentEvent.Kind.ValueType
+    """What kind of event this is."""
+    text: _builtins.str
+    """Assistant text, or a tool's result."""
+    tool_name: _builtins.str
+    """Name of the tool called."""
+    tool_input: _builtins.str
+    """The tool call's input, as JSON."""
+    session_id: _builtins.str
+    """The agent's session id, to resume with."""
+    input_tokens: _builtins.int
+    """Tokens read by the model so far in this run."""
+    output_tokens: _builtins.int
+    """Tokens written by the model so far in this run."""
+    is_error: _builtins.bool
+    """Whether the run ended in an error (RESULT events)."""
+    def __init__(
+        self,
+        *,
+        kind: Global___AgentEvent.Kind.ValueType = ...,
+        text: _builtins.str = ...,
+        tool_name: _builtins.str = ...,
+        tool_input: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        is_error: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "is_error", b"is_error", "kind", b"kind", "output_tokens", b"output_tokens", "session_id", b"session_id", "text", b"text", "tool_input", b"tool_input", "tool_name", b"tool_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentEvent: _TypeAlias = AgentEvent  # noqa: Y015
+
+@_typing.final
+class PushChangesRequest(_message.Message):
+    """Request for PushChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    sandbox: _builtins.str
+    """Resource name of the sandbox; it must have a workspace."""
+    message: _builtins.str
+    """The commit message; derived from the instruction when empty."""
+    instruction: _builtins.str
+    """The instruction the changes came from, used for a default commit message."""
+    token: _builtins.str
+    """Token for HTTPS authentication, used through a credential helper and never stored. Input only."""
+    def __init__(
+        self,
+        *,
+        sandbox: _builtins.str = ...,
+        message: _builtins.str = ...,
+        instruction: _builtins.str = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction", "message", b"message", "sandbox", b"sandbox", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushChangesRequest: _TypeAlias = PushChangesRequest  # noqa: Y015
+
+@_typing.final
+class PushChangesResponse(_message.Message):
+    """Response for PushChanges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGED_FIELD_NUMBER: _builtins.int
+    COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    FILES_CHANGED_FIELD_NUMBER: _builtins.int
+    INSERTIONS_FIELD_NUMBER: _builtins.int
+    DELETIONS_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """Whether there was anything to commit and push."""
+    commit_sha: _builtins.str
+    """The pushed commit."""
+    branch: _builtins.str
+    """The pushed branch."""
+    files_changed: _builtins.int
+    """Files changed relative to the base."""
+    insertions: _builtins.int
+    """Lines added relative to the base."""
+    deletions: _builtins.int
+    """Lines removed relative to the base."""
+    def __init__(
+        self,
+        *,
+        changed: _builtins.bool = ...,
+        commit_sha: _builtins.str = ...,
+        branch: _builtins.str = ...,
+        files_changed: _builtins.int = ...,
+        insertions: _builtins.int = ...,
+        deletions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "changed", b"changed", "commit_sha", b"commit_sha", "deletions", b"deletions", "files_changed", b"files_changed", "insertions", b"insertions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushChangesResponse: _TypeAlias = PushChangesResponse  # noqa: Y015
+
+@_typing.final
+class RunTaskRequest(_message.Message):
+    """Request for RunTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    COMMIT_MESSAGE_FIELD_NUMBER: _builtins.int
+    KEEP_SANDBOX_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    provider: _builtins.str
+    """The provider to run on, such as "docker"."""
+    commit_message: _builtins.str
+    """The commit message; derived from the instruction when empty."""
+    keep_sandbox: _builtins.bool
+    """Keep the sandbox after the task instead of deleting it."""
+    request_id: _builtins.str
+    """A client-chosen id that makes the task idempotent, as for CreateSandbox."""
+    @_builtins.property
+    def spec(self) -> Global___SandboxSpec:
+        """The sandbox to create."""
+
+    @_builtins.property
+    def repository(self) -> Global___RepositorySetup:
+        """The repository to work on."""
+
+    @_builtins.property
+    def agent(self) -> Global___ExecuteAgentRequest:
+        """The agent run."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels for the sandbox."""
+
+    def __init__(
+        self,
+        *,
+        provider: _builtins.str = ...,
+        spec: Global___SandboxSpec | None = ...,
+        repository: Global___RepositorySetup | None = ...,
+        agent: Global___ExecuteAgentRequest | None = ...,
+        commit_message: _builtins.str = ...,
+        keep_sandbox: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "repository", b"repository", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "commit_message", b"commit_message", "keep_sandbox", b"keep_sandbox", "labels", b"labels", "provider", b"provider", "repository", b"repository", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTaskRequest: _TypeAlias = RunTaskRequest  # noqa: Y015
+
+@_typing.final
+class AttachTaskRequest(_message.Message):
+    """Request for AttachTask."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    GIT_TOKEN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the task's sandbox."""
+    git_token: _builtins.str
+    """The git token again, in case this replica has to finish the task (push). Input only."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        git_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["git_token", b"git_token", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachTaskRequest: _TypeAlias = AttachTaskRequest  # noqa: Y015
+
+@_typing.final
+class Task(_message.Message):
+    """A coding task's progress."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Phase:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Task._Phase.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PHASE_UNSPECIFIED: Task._Phase.ValueType  # 0
+        """Not set."""
+        PHASE_SETUP: Task._Phase.ValueType  # 1
+        """Cloning and installing dependencies."""
+        PHASE_AGENT: Task._Phase.ValueType  # 2
+        """The agent is working."""
+        PHASE_PUSH: Task._Phase.ValueType  # 3
+        """Committing and pushing."""
+        PHASE_SUCCEEDED: Task._Phase.ValueType  # 4
+        """Finished successfully."""
+        PHASE_FAILED: Task._Phase.ValueType  # 5
+        """Finished with an error."""
+
+    class Phase(_Phase, metaclass=_PhaseEnumTypeWrapper):
+        """Steps of a task."""
+
+    PHASE_UNSPECIFIED: Task.Phase.ValueType  # 0
+    """Not set."""
+    PHASE_SETUP: Task.Phase.ValueType  # 1
+    """Cloning and installing dependencies."""
+    PHASE_AGENT: Task.Phase.ValueType  # 2
+    """The agent is working."""
+    PHASE_PUSH: Task.Phase.ValueType  # 3
+    """Committing and pushing."""
+    PHASE_SUCCEEDED: Task.Phase.ValueType  # 4
+    """Finished successfully."""
+    PHASE_FAILED: Task.Phase.ValueType  # 5
+    """Finished with an error."""
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    SETUP_EXECUTION_FIELD_NUMBER: _builtins.int
+    AGENT_EXECUTION_FIELD_NUMBER: _builtins.int
+    PUSH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the task's sandbox."""
+    phase: Global___Task.Phase.ValueType
+    """The step the task is at."""
+    setup_execution: _builtins.str
+    """The setup execution."""
+    agent_execution: _builtins.str
+    """The agent execution."""
+    error: _builtins.str
+    """Why the task failed; empty unless it failed."""
+    branch: _builtins.str
+    """The branch the task works on."""
+    @_builtins.property
+    def push(self) -> Global___PushChangesResponse:
+        """What was pushed, once pushed."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        phase: Global___Task.Phase.ValueType = ...,
+        setup_execution: _builtins.str = ...,
+        agent_execution: _builtins.str = ...,
+        push: Global___PushChangesResponse | None = ...,
+        error: _builtins.str = ...,
+        branch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["push", b"push"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_execution", b"agent_execution", "branch", b"branch", "error", b"error", "name", b"name", "phase", b"phase", "push", b"push", "setup_execution", b"setup_execution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class TaskEvent(_message.Message):
+    """One event of a task stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    EXECUTION_EVENT_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    execution: _builtins.str
+    """The execution the execution_event belongs to."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task's progress changed (always the first and the last event)."""
+
+    @_builtins.property
+    def execution_event(self) -> Global___ExecutionEvent:
+        """An event of the setup or agent execution named in `execution`."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        execution_event: Global___ExecutionEvent | None = ...,
+        execution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "execution_event", b"execution_event", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "execution", b"execution", "execution_event", b"execution_event", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["task", "execution_event"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___TaskEvent: _TypeAlias = TaskEvent  # noqa: Y015
+
+@_typing.final
+class RunTasksRequest(_message.Message):
+    """Request for RunTasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    max_concurrency: _builtins.int
+    """How many tasks run at once; 4 when zero."""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunTaskRequest]:
+        """Tasks to run."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___RunTaskRequest] | None = ...,
+        max_concurrency: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTasksRequest: _TypeAlias = RunTasksRequest  # noqa: Y015
+
+@_typing.final
+class RunTasksEvent(_message.Message):
+    """One event of a RunTasks stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Index of the task in the request."""
+    error: _builtins.str
+    """Set when the task could not run at all (status code name and message)."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task's progress (first, intermediate and final states)."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        task: Global___Task | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "index", b"index", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunTasksEvent: _TypeAlias = RunTasksEvent  # noqa: Y015
 
 @_typing.final
 class OutputChunk(_message.Message):

@@ -82,6 +82,31 @@ class SandboxProviderStub:
                 request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListProvidersResponse.FromString,
                 _registered_method=True)
+        self.ExecuteAgent = channel.unary_stream(
+                '/sandbox.v1.SandboxProvider/ExecuteAgent',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ExecuteAgentRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+                _registered_method=True)
+        self.PushChanges = channel.unary_unary(
+                '/sandbox.v1.SandboxProvider/PushChanges',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.PushChangesRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.PushChangesResponse.FromString,
+                _registered_method=True)
+        self.RunTask = channel.unary_stream(
+                '/sandbox.v1.SandboxProvider/RunTask',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.RunTaskRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.TaskEvent.FromString,
+                _registered_method=True)
+        self.AttachTask = channel.unary_stream(
+                '/sandbox.v1.SandboxProvider/AttachTask',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.AttachTaskRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.TaskEvent.FromString,
+                _registered_method=True)
+        self.RunTasks = channel.unary_stream(
+                '/sandbox.v1.SandboxProvider/RunTasks',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.RunTasksRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RunTasksEvent.FromString,
+                _registered_method=True)
 
 
 class SandboxProviderServicer:
@@ -154,6 +179,44 @@ class SandboxProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteAgent(self, request, context):
+        """Runs a coding agent on an instruction in the sandbox's workspace as a detached execution and streams
+        its raw output next to parsed agent events. Re-attach with AttachExecution.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushChanges(self, request, context):
+        """Commits the workspace's changes and pushes its branch to the repository it was cloned from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunTask(self, request, context):
+        """Runs a whole coding task: create a sandbox with the repository, run the agent, push, delete the sandbox.
+        The task keeps going if the stream breaks; re-attach with AttachTask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachTask(self, request, context):
+        """Replays a task's events from its start, then follows it until it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunTasks(self, request, context):
+        """Runs many tasks (repositories x instructions x agents) with a concurrency limit, streaming each task's
+        progress and result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +264,31 @@ def add_SandboxProviderServicer_to_server(servicer, server):
                     servicer.ListProviders,
                     request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ListProvidersRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'ExecuteAgent': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecuteAgent,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ExecuteAgentRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
+            ),
+            'PushChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushChanges,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.PushChangesRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.PushChangesResponse.SerializeToString,
+            ),
+            'RunTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunTask,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RunTaskRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.TaskEvent.SerializeToString,
+            ),
+            'AttachTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.AttachTask,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.AttachTaskRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.TaskEvent.SerializeToString,
+            ),
+            'RunTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunTasks,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.RunTasksRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.RunTasksEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +537,141 @@ class SandboxProvider:
             '/sandbox.v1.SandboxProvider/ListProviders',
             sandbox_dot_v1_dot_sandbox__pb2.ListProvidersRequest.SerializeToString,
             sandbox_dot_v1_dot_sandbox__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/ExecuteAgent',
+            sandbox_dot_v1_dot_sandbox__pb2.ExecuteAgentRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/PushChanges',
+            sandbox_dot_v1_dot_sandbox__pb2.PushChangesRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.PushChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/RunTask',
+            sandbox_dot_v1_dot_sandbox__pb2.RunTaskRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/AttachTask',
+            sandbox_dot_v1_dot_sandbox__pb2.AttachTaskRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.TaskEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/RunTasks',
+            sandbox_dot_v1_dot_sandbox__pb2.RunTasksRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.RunTasksEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,22 @@ class SandboxProviderStub:
     """Stops a running execution (SIGTERM, then SIGKILL after a grace period) and returns its state."""
     ListProviders: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ListProvidersRequest, _sandbox_pb2.ListProvidersResponse]
     """Lists the providers this server can reach and whether each is ready to serve."""
+    ExecuteAgent: _grpc.UnaryStreamMultiCallable[_sandbox_pb2.ExecuteAgentRequest, _sandbox_pb2.ExecutionEvent]
+    """Runs a coding agent on an instruction in the sandbox's workspace as a detached execution and streams
+    its raw output next to parsed agent events. Re-attach with AttachExecution.
+    """
+    PushChanges: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.PushChangesRequest, _sandbox_pb2.PushChangesResponse]
+    """Commits the workspace's changes and pushes its branch to the repository it was cloned from."""
+    RunTask: _grpc.UnaryStreamMultiCallable[_sandbox_pb2.RunTaskRequest, _sandbox_pb2.TaskEvent]
+    """Runs a whole coding task: create a sandbox with the repository, run the agent, push, delete the sandbox.
+    The task keeps going if the stream breaks; re-attach with AttachTask.
+    """
+    AttachTask: _grpc.UnaryStreamMultiCallable[_sandbox_pb2.AttachTaskRequest, _sandbox_pb2.TaskEvent]
+    """Replays a task's events from its start, then follows it until it ends."""
+    RunTasks: _grpc.UnaryStreamMultiCallable[_sandbox_pb2.RunTasksRequest, _sandbox_pb2.RunTasksEvent]
+    """Runs many tasks (repositories x instructions x agents) with a concurrency limit, streaming each task's
+    progress and result.
+    """
 
 @_typing.type_check_only
 class SandboxProviderAsyncStub(SandboxProviderStub):
@@ -85,6 +101,22 @@ class SandboxProviderAsyncStub(SandboxProviderStub):
     """Stops a running execution (SIGTERM, then SIGKILL after a grace period) and returns its state."""
     ListProviders: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ListProvidersRequest, _sandbox_pb2.ListProvidersResponse]  # type: ignore[assignment]
     """Lists the providers this server can reach and whether each is ready to serve."""
+    ExecuteAgent: _aio.UnaryStreamMultiCallable[_sandbox_pb2.ExecuteAgentRequest, _sandbox_pb2.ExecutionEvent]  # type: ignore[assignment]
+    """Runs a coding agent on an instruction in the sandbox's workspace as a detached execution and streams
+    its raw output next to parsed agent events. Re-attach with AttachExecution.
+    """
+    PushChanges: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.PushChangesRequest, _sandbox_pb2.PushChangesResponse]  # type: ignore[assignment]
+    """Commits the workspace's changes and pushes its branch to the repository it was cloned from."""
+    RunTask: _aio.UnaryStreamMultiCallable[_sandbox_pb2.RunTaskRequest, _sandbox_pb2.TaskEvent]  # type: ignore[assignment]
+    """Runs a whole coding task: create a sandbox with the repository, run the agent, push, delete the sandbox.
+    The task keeps going if the stream breaks; re-attach with AttachTask.
+    """
+    AttachTask: _aio.UnaryStreamMultiCallable[_sandbox_pb2.AttachTaskRequest, _sandbox_pb2.TaskEvent]  # type: ignore[assignment]
+    """Replays a task's events from its start, then follows it until it ends."""
+    RunTasks: _aio.UnaryStreamMultiCallable[_sandbox_pb2.RunTasksRequest, _sandbox_pb2.RunTasksEvent]  # type: ignore[assignment]
+    """Runs many tasks (repositories x instructions x agents) with a concurrency limit, streaming each task's
+    progress and result.
+    """
 
 class SandboxProviderServicer(metaclass=_abc_1.ABCMeta):
     """SandboxProvider creates isolated sandboxes and runs processes in them. Every provider process
@@ -165,5 +197,51 @@ class SandboxProviderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.ListProvidersResponse, _abc.Awaitable[_sandbox_pb2.ListProvidersResponse]]:
         """Lists the providers this server can reach and whether each is ready to serve."""
+
+    @_abc_1.abstractmethod
+    def ExecuteAgent(
+        self,
+        request: _sandbox_pb2.ExecuteAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_pb2.ExecutionEvent], _abc.AsyncIterator[_sandbox_pb2.ExecutionEvent]]:
+        """Runs a coding agent on an instruction in the sandbox's workspace as a detached execution and streams
+        its raw output next to parsed agent events. Re-attach with AttachExecution.
+        """
+
+    @_abc_1.abstractmethod
+    def PushChanges(
+        self,
+        request: _sandbox_pb2.PushChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.PushChangesResponse, _abc.Awaitable[_sandbox_pb2.PushChangesResponse]]:
+        """Commits the workspace's changes and pushes its branch to the repository it was cloned from."""
+
+    @_abc_1.abstractmethod
+    def RunTask(
+        self,
+        request: _sandbox_pb2.RunTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_pb2.TaskEvent], _abc.AsyncIterator[_sandbox_pb2.TaskEvent]]:
+        """Runs a whole coding task: create a sandbox with the repository, run the agent, push, delete the sandbox.
+        The task keeps going if the stream breaks; re-attach with AttachTask.
+        """
+
+    @_abc_1.abstractmethod
+    def AttachTask(
+        self,
+        request: _sandbox_pb2.AttachTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_pb2.TaskEvent], _abc.AsyncIterator[_sandbox_pb2.TaskEvent]]:
+        """Replays a task's events from its start, then follows it until it ends."""
+
+    @_abc_1.abstractmethod
+    def RunTasks(
+        self,
+        request: _sandbox_pb2.RunTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_pb2.RunTasksEvent], _abc.AsyncIterator[_sandbox_pb2.RunTasksEvent]]:
+        """Runs many tasks (repositories x instructions x agents) with a concurrency limit, streaming each task's
+        progress and result.
+        """
 
 def add_SandboxProviderServicer_to_server(servicer: SandboxProviderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
