@@ -4,6 +4,7 @@ named in the request, with the caller's tenant, the remaining deadline and the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +12,15 @@ import grpc
 
 from orchestrator.router import Router
 from provider_kit.auth import TENANT_HEADER, TenantTokens
-from provider_kit.errors import ApiError, deadline_exceeded, error_info, stream_errors, unary_errors, unavailable
+from provider_kit.errors import (
+    ApiError,
+    deadline_exceeded,
+    error_info,
+    invalid_argument,
+    stream_errors,
+    unary_errors,
+    unavailable,
+)
 from provider_kit.names import parse_execution_name, parse_parent, parse_sandbox_name
 from provider_kit.telemetry import tracing_enabled
 from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
@@ -21,6 +30,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 # re-issued by the tracing interceptor when tracing is on, and passed through untouched when it is off.
 _NOT_FORWARDED = {"authorization", TENANT_HEADER, "user-agent"}
 _TRACE_HEADERS = {"traceparent", "tracestate", "baggage"}
+MAX_BATCH_TASKS = 1000
+DEFAULT_BATCH_CONCURRENCY = 4
 
 
 def _provider_error(err: grpc.aio.AioRpcError, provider: str) -> ApiError:
@@ -131,6 +142,75 @@ class OrchestratorServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         provider = parse_execution_name(request.name).sandbox.provider
         result: sandbox_pb2.Execution = await self._unary(provider, "CancelExecution", request, context)
         return result
+
+    @stream_errors
+    async def ExecuteAgent(
+        self, request: sandbox_pb2.ExecuteAgentRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        provider = parse_sandbox_name(request.sandbox, "sandbox").provider
+        async for event in self._stream(provider, "ExecuteAgent", request, context):
+            yield event
+
+    @unary_errors
+    async def PushChanges(
+        self, request: sandbox_pb2.PushChangesRequest, context: Context
+    ) -> sandbox_pb2.PushChangesResponse:
+        provider = parse_sandbox_name(request.sandbox, "sandbox").provider
+        result: sandbox_pb2.PushChangesResponse = await self._unary(provider, "PushChanges", request, context)
+        return result
+
+    @stream_errors
+    async def RunTask(
+        self, request: sandbox_pb2.RunTaskRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.TaskEvent]:
+        async for event in self._stream(request.provider, "RunTask", request, context):
+            yield event
+
+    @stream_errors
+    async def AttachTask(
+        self, request: sandbox_pb2.AttachTaskRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.TaskEvent]:
+        provider = parse_sandbox_name(request.name).provider
+        async for event in self._stream(provider, "AttachTask", request, context):
+            yield event
+
+    @stream_errors
+    async def RunTasks(
+        self, request: sandbox_pb2.RunTasksRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.RunTasksEvent]:
+        """Fans the tasks out to their providers, at most max_concurrency at once, and streams each task's
+        progress (not its raw output: attach to a task for that)."""
+        self._tokens.tenant_of(context)
+        if not request.tasks or len(request.tasks) > MAX_BATCH_TASKS:
+            raise invalid_argument("INVALID_FIELD", f"tasks must hold 1 to {MAX_BATCH_TASKS} tasks", field="tasks")
+        if request.max_concurrency < 0:
+            raise invalid_argument("INVALID_FIELD", "max_concurrency must not be negative", field="max_concurrency")
+        for task in request.tasks:
+            self._router.get(task.provider)
+        limit = asyncio.Semaphore(request.max_concurrency or DEFAULT_BATCH_CONCURRENCY)
+        events: asyncio.Queue[sandbox_pb2.RunTasksEvent | None] = asyncio.Queue()
+
+        async def run_one(index: int, task: sandbox_pb2.RunTaskRequest) -> None:
+            async with limit:
+                try:
+                    async for event in self._stream(task.provider, "RunTask", task, context):
+                        if event.WhichOneof("event") == "task":
+                            events.put_nowait(sandbox_pb2.RunTasksEvent(index=index, task=event.task))
+                except ApiError as err:
+                    events.put_nowait(sandbox_pb2.RunTasksEvent(index=index, error=f"{err.code.name}: {err.message}"))
+
+        async def run_all() -> None:
+            await asyncio.gather(*(run_one(i, task) for i, task in enumerate(request.tasks)))
+            events.put_nowait(None)
+
+        runner = asyncio.create_task(run_all())
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
 
     @unary_errors
     async def ListProviders(

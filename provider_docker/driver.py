@@ -34,6 +34,7 @@ from sandbox.v1 import sandbox_pb2
 T = TypeVar("T")
 LABEL = "sandbox.platform/"
 USER_LABEL = "sandbox.platform.label/"
+META_LABEL = "sandbox.platform.meta/"
 # How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
 STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
@@ -124,6 +125,7 @@ class DockerDriver(Driver):
             f"{LABEL}spec": base64.b64encode(stored.SerializeToString()).decode(),
         }
         labels.update({f"{USER_LABEL}{key}": value for key, value in new.labels.items()})
+        labels.update({f"{META_LABEL}{key}": value for key, value in new.metadata.items()})
         return labels
 
     def _record(self, name: str, labels: dict[str, str], state: str) -> SandboxRecord:
@@ -139,6 +141,7 @@ class DockerDriver(Driver):
             state=states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED),
             create_time=_from_epoch(labels.get(f"{LABEL}create-time", "")),
             expire_time=_from_epoch(labels.get(f"{LABEL}expire-time", "")),
+            metadata={k.removeprefix(META_LABEL): v for k, v in labels.items() if k.startswith(META_LABEL)},
         )
 
     async def create(self, new: NewSandbox) -> SandboxRecord:
@@ -245,9 +248,14 @@ class DockerDriver(Driver):
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
-    async def stream(self, native_id: str, argv: list[str]) -> AsyncIterator[Output | Exit]:
+    async def stream(
+        self, native_id: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> AsyncIterator[Output | Exit]:
         subject = f"sandbox {native_id}"
-        exec_id = (await self._call(subject, self._api.exec_create, native_id, argv, stdout=True, stderr=True))["Id"]
+        created = await self._call(
+            subject, self._api.exec_create, native_id, argv, stdout=True, stderr=True, environment=env or None
+        )
+        exec_id = created["Id"]
         sock: Any = await self._call(subject, self._api.exec_start, exec_id, socket=True)
         raw: socket.socket = getattr(sock, "_sock", sock)
         loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sandbox.v1 import sandbox_pb2
@@ -22,6 +22,8 @@ class NewSandbox:
     labels: dict[str, str]
     create_time: datetime
     expire_time: datetime
+    # Small kit-level facts to keep with the sandbox (such as its workspace); drivers store them verbatim.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class SandboxRecord:
     state: sandbox_pb2.Sandbox.State.ValueType
     create_time: datetime
     expire_time: datetime
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,17 +95,20 @@ class Driver(abc.ABC):
         """Deletes the sandbox and all its processes; succeeds if it is already gone."""
 
     @abc.abstractmethod
-    def stream(self, native_id: str, argv: list[str]) -> AsyncIterator[Output | Exit]:
-        """Runs argv in the sandbox, yielding its output as it comes, then its Exit.
+    def stream(
+        self, native_id: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> AsyncIterator[Output | Exit]:
+        """Runs argv in the sandbox with env added to its environment (never logged or persisted: it may
+        hold secrets), yielding its output as it comes, then its Exit.
 
         Closing the iterator early must release the connection. Backpressure: do not read ahead much
         further than the consumer.
         """
 
-    async def run(self, native_id: str, argv: list[str]) -> ProcessResult:
+    async def run(self, native_id: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessResult:
         """Runs argv to completion and returns its output."""
         out, err = bytearray(), bytearray()
-        async for item in self.stream(native_id, argv):
+        async for item in self.stream(native_id, argv, env):
             if isinstance(item, Exit):
                 return ProcessResult(item.code, bytes(out), bytes(err))
             (out if item.fd == 1 else err).extend(item.data)

@@ -66,13 +66,18 @@ probe() {
 
 if [ "$mode" != start ] && [ ! -e "$d.out" ]; then exit 254; fi
 case $mode in
-start)
+start|spawn)
   t=$1 w=$2 r=$3; shift 3
   [ -d "$b" ] || mkdir -p -m 1777 "$b" || exit 255
+  if [ "$mode" = spawn ]; then
+    # Idempotent: creating the output file atomically decides which caller starts the execution.
+    (set -C; : > "$d.out") 2>/dev/null || exit 0
+  fi
   : > "$d.out" && : > "$d.err" || exit 255
   setsid sh -c "$r" sandbox-runner "$d" "$t" "$w" "$@" </dev/null >/dev/null 2>&1 &
   p=$!
   echo "$p" > "$d.runner"
+  [ "$mode" = spawn ] && exit 0
   sleep 0.02 & s=$!
   wait -n "$p" "$s"; kill "$s" 2>/dev/null
   follow 0 0 "$p" ;;
@@ -98,5 +103,34 @@ def command(mode: str, execution_id: str, *args: str) -> list[str]:
     return ["bash", "-c", SCRIPT, "sandbox-exec", mode, BASE_DIR, execution_id, *args]
 
 
-def start_command(execution_id: str, timeout_s: float, working_dir: str, argv: list[str]) -> list[str]:
-    return command("start", execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, *argv)
+def start_command(
+    execution_id: str, timeout_s: float, working_dir: str, argv: list[str], *, detached: bool = False
+) -> list[str]:
+    """Starts argv as an execution; follows it unless detached (then returns once it is running)."""
+    mode = "spawn" if detached else "start"
+    return command(mode, execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, *argv)
+
+
+# Filters a stream line by line, replacing the values of the environment variables named in
+# SANDBOX_REDACT. It runs inside the sandbox so that secrets never reach the output files that any replica
+# may later replay. perl-base is part of every Debian and Ubuntu system.
+REDACT_FILTER = r"""
+BEGIN {
+  $| = 1;
+  my @values = sort { length($b) <=> length($a) }
+    grep { length($_) >= 4 } map { $ENV{$_} // "" } split /,/, ($ENV{SANDBOX_REDACT} // "");
+  $re = @values ? join("|", map { quotemeta } @values) : undef;
+}
+s/$re/[REDACTED]/g if defined $re;
+"""
+
+_REDACTING = r"""
+set -o pipefail
+"$@" 2> >(perl -pe "$SANDBOX_REDACT_FILTER" >&2) | perl -pe "$SANDBOX_REDACT_FILTER"
+"""
+
+
+def redacting(argv: list[str]) -> list[str]:
+    """Wraps argv so its stdout and stderr pass through REDACT_FILTER; set SANDBOX_REDACT and
+    SANDBOX_REDACT_FILTER (= REDACT_FILTER) in the execution's environment."""
+    return ["bash", "-c", _REDACTING, "sandbox-redact", *argv]

@@ -49,6 +49,25 @@ def _state_of(status: str, alive: bool) -> tuple[Execution.State.ValueType, int]
     return (Execution.STATE_RUNNING if alive else Execution.STATE_LOST), 0
 
 
+def new_execution_name(sandbox: SandboxName, prefix: str = "") -> ExecutionName:
+    """A fresh execution id; the prefix (such as "agent-claude-") tells later readers what it runs."""
+    return ExecutionName(sandbox, f"{prefix}{uuid.uuid4().hex[:16]}")
+
+
+def _with_redaction(
+    argv: list[str], env: dict[str, str], secret_env: dict[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
+    if not secret_env:
+        return argv, env
+    env = {
+        **env,
+        **secret_env,
+        "SANDBOX_REDACT": ",".join(secret_env),
+        "SANDBOX_REDACT_FILTER": exec_scripts.REDACT_FILTER,
+    }
+    return exec_scripts.redacting(argv), env
+
+
 class Executions:
     def __init__(self, driver: Driver, keepalive_seconds: float) -> None:
         self._driver = driver
@@ -61,18 +80,39 @@ class Executions:
         env: dict[str, str],
         working_dir: str,
         timeout_s: float,
+        *,
+        secret_env: dict[str, str] | None = None,
+        prefix: str = "",
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
-        """Starts argv detached and streams it: a `started` event, output, keepalives, then `finished`."""
-        name = ExecutionName(sandbox, uuid.uuid4().hex[:16])
+        """Starts argv detached and streams it: a `started` event, output, keepalives, then `finished`.
+
+        secret_env joins env, and its values are redacted from the output inside the sandbox."""
+        name = new_execution_name(sandbox, prefix)
         start_time = datetime.now(UTC)
         yield ExecutionEvent(
             started=Execution(name=str(name), state=Execution.STATE_RUNNING, start_time=timestamp(start_time))
         )
-        if env:
-            argv = ["env", "--", *(f"{key}={value}" for key, value in env.items()), *argv]
+        argv, env = _with_redaction(argv, env, secret_env)
         command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv)
-        async for event in self._follow(name, command, 0, 0, start_time):
+        async for event in self._follow(name, command, 0, 0, start_time, env):
             yield event
+
+    async def spawn(
+        self,
+        name: ExecutionName,
+        argv: list[str],
+        env: dict[str, str],
+        working_dir: str,
+        timeout_s: float,
+        *,
+        secret_env: dict[str, str] | None = None,
+    ) -> None:
+        """Starts argv as execution `name` without following it; does nothing if it was already started."""
+        argv, env = _with_redaction(argv, env, secret_env)
+        command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv, detached=True)
+        result = await self._driver.run(name.sandbox.native_id, command, env)
+        if result.code != 0:
+            raise unavailable("SPAWN_FAILED", f"could not start {name}; retry")
 
     async def attach(
         self, name: ExecutionName, stdout_offset: int, stderr_offset: int
@@ -96,9 +136,10 @@ class Executions:
         stdout_offset: int,
         stderr_offset: int,
         start_time: datetime | None,
+        env: dict[str, str] | None = None,
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
         offsets = {1: stdout_offset, 2: stderr_offset}
-        process = self._driver.stream(name.sandbox.native_id, command)
+        process = self._driver.stream(name.sandbox.native_id, command, env)
         async for item in with_keepalive(process, self._keepalive):
             if item is None:
                 yield ExecutionEvent(keepalive=sandbox_pb2.Keepalive(time=timestamp(datetime.now(UTC))))

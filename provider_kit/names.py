@@ -14,7 +14,7 @@ from provider_kit.errors import invalid_argument
 _PROVIDER = r"[a-z][a-z0-9-]{0,30}"
 # Native ids are opaque to the kit but must be safe inside a name and a shell argument.
 _NATIVE_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
-_EXECUTION_ID = r"[a-z0-9]{1,63}"
+_EXECUTION_ID = r"[a-z0-9][a-z0-9-]{0,62}"
 
 _SANDBOX_RE = re.compile(rf"providers/({_PROVIDER})/sandboxes/({_NATIVE_ID})")
 _EXECUTION_RE = re.compile(rf"providers/({_PROVIDER})/sandboxes/({_NATIVE_ID})/executions/({_EXECUTION_ID})")

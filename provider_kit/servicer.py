@@ -11,6 +11,7 @@ import grpc
 
 from provider_kit import validation
 from provider_kit.auth import provider_caller_tenant
+from provider_kit.coding import Coding, workspace_of
 from provider_kit.driver import Driver, NewSandbox, SandboxRecord
 from provider_kit.errors import (
     ApiError,
@@ -22,9 +23,11 @@ from provider_kit.errors import (
     unary_errors,
 )
 from provider_kit.executions import Executions, timestamp
-from provider_kit.names import SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
+from provider_kit.names import ExecutionName, SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
 from provider_kit.settings import ProviderSettings
+from provider_kit.tasks import Tasks
 from provider_kit.telemetry import ACTIVE_SANDBOXES, SANDBOX_CREATE_SECONDS
+from provider_kit.workspace import WORKSPACE_METADATA_KEY, encode_workspace
 from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -32,8 +35,13 @@ TENANT_CACHE_SIZE = 10_000
 
 
 def to_proto(provider: str, record: SandboxRecord) -> sandbox_pb2.Sandbox:
+    name = SandboxName(provider, record.native_id)
+    workspace = workspace_of(record)
+    if workspace is not None:
+        workspace.setup_execution = str(ExecutionName(name, workspace.setup_execution))
     return sandbox_pb2.Sandbox(
-        name=str(SandboxName(provider, record.native_id)),
+        name=str(name),
+        workspace=workspace,
         provider=provider,
         spec=record.spec,
         state=record.state,
@@ -51,6 +59,8 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._token = settings.provider_token.get_secret_value()
         self._executions = Executions(driver, settings.stream_keepalive_seconds)
         self._tenant_cache: dict[str, str] = {}
+        self._coding = Coding(driver, self._executions, settings)
+        self._tasks = Tasks(driver, self._executions, self._coding)
 
     def _tenant(self, context: Context) -> str:
         return provider_caller_tenant(context, self._token)
@@ -90,13 +100,18 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
 
     @unary_errors
     async def CreateSandbox(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
-        tenant = self._tenant(context)
+        return await self._create(self._tenant(context), request)
+
+    async def _create(self, tenant: str, request: sandbox_pb2.CreateSandboxRequest) -> sandbox_pb2.Sandbox:
         self._check_provider(request.provider)
         validation.request_id(request.request_id)
         labels = validation.labels(dict(request.labels))
         validation.spec(request.spec, max_ttl=self._settings.max_ttl_seconds)
         spec = self._driver.apply_defaults(request.spec)
         ttl = validation.seconds(request.spec.ttl, "spec.ttl", maximum=self._settings.max_ttl_seconds)
+        setup, planned = (
+            self._coding.plan_workspace(request.repository) if request.HasField("repository") else (None, None)
+        )
         now = datetime.now(UTC)
         new = NewSandbox(
             tenant=tenant,
@@ -106,6 +121,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
             labels=labels,
             create_time=now,
             expire_time=now + timedelta(seconds=ttl or self._settings.default_ttl_seconds),
+            metadata={WORKSPACE_METADATA_KEY: encode_workspace(planned)} if planned else {},
         )
         started = time.perf_counter()
         record = await self._driver.create(new)
@@ -114,6 +130,14 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
                 "REQUEST_ID_REUSED",
                 f"request_id {request.request_id!r} was already used for a different CreateSandbox request",
             )
+        if setup is not None:
+            name = SandboxName(self._driver.name, record.native_id)
+            try:
+                await self._coding.start_setup(name, record, setup)
+            except BaseException:
+                # A sandbox whose setup never started is of no use: do not leave it behind.
+                await self._driver.delete(record.native_id)
+                raise
         SANDBOX_CREATE_SECONDS.record(time.perf_counter() - started, {"provider": self._driver.name})
         ACTIVE_SANDBOXES.add(1, {"provider": self._driver.name})
         return to_proto(self._driver.name, record)
@@ -185,7 +209,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         out = validation.offset(request.stdout_offset, "stdout_offset")
         err = validation.offset(request.stderr_offset, "stderr_offset")
         await self._check_running(name.sandbox, tenant)
-        async for event in self._executions.attach(name, out, err):
+        async for event in self._coding.attach(name, self._executions.attach(name, out, err), out):
             yield event
 
     @unary_errors
@@ -203,6 +227,56 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         name = parse_execution_name(request.name)
         await self._check_running(name.sandbox, tenant)
         return await self._executions.cancel(name)
+
+    @stream_errors
+    async def ExecuteAgent(
+        self, request: sandbox_pb2.ExecuteAgentRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.sandbox, "sandbox")
+        await self._check_running(name, tenant)
+        record = await self._owned(name, tenant)
+        async for event in self._coding.execute_agent(name, record, request):
+            yield event
+
+    @unary_errors
+    async def PushChanges(
+        self, request: sandbox_pb2.PushChangesRequest, context: Context
+    ) -> sandbox_pb2.PushChangesResponse:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.sandbox, "sandbox")
+        await self._check_running(name, tenant)
+        return await self._coding.push(name, await self._owned(name, tenant), request)
+
+    @stream_errors
+    async def RunTask(
+        self, request: sandbox_pb2.RunTaskRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.TaskEvent]:
+        tenant = self._tenant(context)
+
+        async def create(create_request: sandbox_pb2.CreateSandboxRequest) -> sandbox_pb2.Sandbox:
+            return await self._create(tenant, create_request)
+
+        async for event in self._tasks.run(request, create, lambda name: self._owned(name, tenant)):
+            yield event
+
+    @stream_errors
+    async def AttachTask(
+        self, request: sandbox_pb2.AttachTaskRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.TaskEvent]:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.name)
+        await self._check_running(name, tenant)
+        async for event in self._tasks.attach(name, request.git_token, lambda n: self._owned(n, tenant)):
+            yield event
+
+    @stream_errors
+    async def RunTasks(
+        self, request: sandbox_pb2.RunTasksRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.RunTasksEvent]:
+        self._tenant(context)
+        raise failed_precondition("USE_ORCHESTRATOR", "RunTasks spans providers: call it on the orchestrator")
+        yield sandbox_pb2.RunTasksEvent()  # pragma: no cover  (makes this an async generator)
 
     @unary_errors
     async def ListProviders(

@@ -32,6 +32,12 @@ class ProviderSettings(ServerSettings):
     default_ttl_seconds: float = 3600.0
     max_ttl_seconds: float = 7 * 86400.0
     reap_interval_seconds: float = 60.0
+    default_agent_timeout_seconds: float = 1800.0
+    # Where repositories are cloned inside sandboxes.
+    workspace_dir: str = "/workspace"
+    # Plain-HTTP and file:// repository URLs are refused unless enabled (tests and local demos use them).
+    git_allow_http: bool = False
+    git_allow_file_urls: bool = False
 
 
 def split_list(value: str) -> list[str]:

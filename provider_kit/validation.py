@@ -118,6 +118,7 @@ def request_hash(request: sandbox_pb2.CreateSandboxRequest) -> str:
     copy.CopyFrom(request)
     for key in copy.spec.env:
         copy.spec.env[key] = ""
+    copy.repository.ClearField("token")
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()[:32]
 
 
@@ -141,6 +142,32 @@ def decode_page_token(token: str) -> str:
     if not _NATIVE_ID.fullmatch(after):
         _fail("page_token", "is not a token returned by ListSandboxes")
     return after
+
+
+def text(value: str, field: str, *, maximum: int, required: bool = False) -> str:
+    if required and not value.strip():
+        _fail(field, "must not be empty")
+    if "\0" in value:
+        _fail(field, "must not contain NUL bytes")
+    if len(value.encode()) > maximum:
+        _fail(field, f"must be at most {maximum} bytes")
+    return value
+
+
+def token(value: str, field: str) -> str:
+    """Model names, session ids and the like: short, printable, safe as one argv element."""
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,199}", value):
+        _fail(field, "must be letters, digits and '_.:/@+-', at most 200 characters")
+    return value
+
+
+def user_env(value: dict[str, str], field: str) -> dict[str, str]:
+    """Environment supplied by a client: the SANDBOX_ prefix is the platform's own."""
+    checked = env(value, field)
+    for key in checked:
+        if key.startswith("SANDBOX_"):
+            _fail(f"{field}[{key!r}]", "must not start with SANDBOX_ (reserved for the platform)")
+    return checked
 
 
 def offset(value: int, field: str) -> int:

@@ -1139,6 +1139,7 @@ class PushChangesResponse(_message.Message):
     FILES_CHANGED_FIELD_NUMBER: _builtins.int
     INSERTIONS_FIELD_NUMBER: _builtins.int
     DELETIONS_FIELD_NUMBER: _builtins.int
+    DIFF_FIELD_NUMBER: _builtins.int
     changed: _builtins.bool
     """Whether there was anything to commit and push."""
     commit_sha: _builtins.str
@@ -1151,6 +1152,8 @@ class PushChangesResponse(_message.Message):
     """Lines added relative to the base."""
     deletions: _builtins.int
     """Lines removed relative to the base."""
+    diff: _builtins.str
+    """The pushed diff against the base, cut at 1 MiB."""
     def __init__(
         self,
         *,
@@ -1160,10 +1163,11 @@ class PushChangesResponse(_message.Message):
         files_changed: _builtins.int = ...,
         insertions: _builtins.int = ...,
         deletions: _builtins.int = ...,
+        diff: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "changed", b"changed", "commit_sha", b"commit_sha", "deletions", b"deletions", "files_changed", b"files_changed", "insertions", b"insertions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "changed", b"changed", "commit_sha", b"commit_sha", "deletions", b"deletions", "diff", b"diff", "files_changed", b"files_changed", "insertions", b"insertions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

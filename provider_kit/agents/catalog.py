@@ -1,0 +1,272 @@
+"""One entry per agent: install, argv, required secrets, MCP configuration, output format, resume.
+
+The instruction always travels as one argv element: nothing is ever spliced into a shell string. Config
+files (which may hold MCP servers' secrets) travel in the execution's environment and are written by the
+agent script as the agent user with mode 600.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from provider_kit.agents.parsers import PARSERS, Parser
+from provider_kit.errors import failed_precondition, invalid_argument
+from provider_kit.workspace import script
+from sandbox.v1 import sandbox_pb2
+
+EXECUTION_PREFIX = "agent-"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """How to run one agent request."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    # Files to write before the run, keyed by path ("~/" is the agent user's home).
+    files: dict[str, str] = field(default_factory=dict)
+
+
+Builder = Callable[[sandbox_pb2.ExecuteAgentRequest], Invocation]
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    binary: str
+    # npm package spec to install when the binary is missing; empty if it cannot be installed from npm.
+    package: str
+    # Each entry lists alternatives: one of them must be among the request's secrets.
+    secrets: tuple[tuple[str, ...], ...]
+    output: str
+    build: Builder
+
+    @property
+    def parser(self) -> Parser | None:
+        return PARSERS.get(self.output)
+
+    def check_secrets(self, request: sandbox_pb2.ExecuteAgentRequest) -> None:
+        for alternatives in self.secrets:
+            if not any(request.secrets.get(name) for name in alternatives):
+                names = " or ".join(alternatives)
+                raise failed_precondition(
+                    "MISSING_SECRET", f"agent {self.name} needs the secret {names}", secret=alternatives[0]
+                )
+
+
+def _stdio_or_url(server: sandbox_pb2.McpServer) -> dict[str, object]:
+    if server.url:
+        return {"type": "http", "url": server.url}
+    return {"command": server.command, "args": list(server.args), "env": dict(server.env)}
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _claude(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    argv = [
+        "claude",
+        "-p",
+        request.instruction,
+        "--dangerously-skip-permissions",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+    ]
+    files = {}
+    if request.model:
+        argv += ["--model", request.model]
+    if request.resume_session:
+        argv += ["--resume", request.resume_session]
+    if request.mcp_servers:
+        path = "~/.sandbox-agent/claude-mcp.json"
+        files[path] = json.dumps({"mcpServers": {s.name: _stdio_or_url(s) for s in request.mcp_servers}})
+        argv += ["--mcp-config", path]
+    # Claude refuses to skip permissions as root unless told it is in a sandbox; agents normally run as
+    # the non-root `agent` user anyway.
+    env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "IS_SANDBOX": "1", "DISABLE_AUTOUPDATER": "1"}
+    return Invocation(argv, env, files)
+
+
+def _codex(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    options = ["--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check", "--json"]
+    if request.model:
+        options += ["-m", request.model]
+    if request.resume_session:
+        argv = ["codex", "exec", *options, "resume", request.resume_session, request.instruction]
+    else:
+        argv = ["codex", "exec", *options, request.instruction]
+    config: list[str] = []
+    base_url = request.env.get("OPENAI_BASE_URL")
+    if base_url:
+        # A custom endpoint (a gateway, or a local model server) needs its own provider entry.
+        config += [
+            'model_provider = "sandbox"',
+            "",
+            "[model_providers.sandbox]",
+            'name = "sandbox"',
+            f"base_url = {_toml_string(base_url)}",
+            'env_key = "OPENAI_API_KEY"',
+            'wire_api = "responses"',
+            "",
+        ]
+    for server in request.mcp_servers:
+        config.append(f"[mcp_servers.{_toml_string(server.name)}]")
+        if server.url:
+            config.append(f"url = {_toml_string(server.url)}")
+        else:
+            config.append(f"command = {_toml_string(server.command)}")
+            config.append(f"args = [{', '.join(_toml_string(a) for a in server.args)}]")
+            if server.env:
+                pairs = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in server.env.items())
+                config.append(f"env = {{ {pairs} }}")
+        config.append("")
+    files = {"~/.codex/config.toml": "\n".join(config)} if config else {}
+    return Invocation(argv, {}, files)
+
+
+def _gemini(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    argv = ["gemini", "-p", request.instruction, "--yolo", "--output-format", "stream-json"]
+    if request.model:
+        argv += ["-m", request.model]
+    if request.resume_session:
+        argv += ["--resume", request.resume_session]
+    files = {}
+    if request.mcp_servers:
+        servers = {
+            s.name: ({"httpUrl": s.url} if s.url else {"command": s.command, "args": list(s.args), "env": dict(s.env)})
+            for s in request.mcp_servers
+        }
+        files["~/.gemini/settings.json"] = json.dumps({"mcpServers": servers})
+    return Invocation(argv, {"GEMINI_CLI_TELEMETRY_ENABLED": "false"}, files)
+
+
+def _cursor(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    argv = ["cursor-agent", "-p", request.instruction, "--force", "--output-format", "stream-json"]
+    if request.model:
+        argv += ["--model", request.model]
+    if request.resume_session:
+        argv += ["--resume", request.resume_session]
+    files = {}
+    if request.mcp_servers:
+        servers = {s.name: ({"url": s.url} if s.url else _stdio_or_url(s)) for s in request.mcp_servers}
+        files["~/.cursor/mcp.json"] = json.dumps({"mcpServers": servers})
+    return Invocation(argv, {}, files)
+
+
+def _opencode(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    argv = ["opencode", "run", "--format", "json"]
+    if request.model:
+        argv += ["-m", request.model]
+    if request.resume_session:
+        argv += ["--session", request.resume_session]
+    argv.append(request.instruction)
+    files = {}
+    if request.mcp_servers:
+        mcp = {
+            s.name: (
+                {"type": "remote", "url": s.url}
+                if s.url
+                else {"type": "local", "command": [s.command, *s.args], "environment": dict(s.env)}
+            )
+            for s in request.mcp_servers
+        }
+        files["~/.config/opencode/opencode.json"] = json.dumps(
+            {"$schema": "https://opencode.ai/config.json", "mcp": mcp}
+        )
+    return Invocation(argv, {}, files)
+
+
+def _copilot(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    argv = ["copilot", "-p", request.instruction, "--allow-all-tools"]
+    if request.model:
+        argv += ["--model", request.model]
+    if request.resume_session:
+        argv += ["--resume", request.resume_session]
+    files = {}
+    if request.mcp_servers:
+        servers = {
+            s.name: (
+                {"type": "http", "url": s.url, "tools": ["*"]}
+                if s.url
+                else {"type": "local", "command": s.command, "args": list(s.args), "env": dict(s.env), "tools": ["*"]}
+            )
+            for s in request.mcp_servers
+        }
+        files["~/.copilot/mcp-config.json"] = json.dumps({"mcpServers": servers})
+    return Invocation(argv, {}, files)
+
+
+def _shell(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
+    # The `shell` agent's instruction is a bash script: running it is the point (deterministic tasks, and
+    # runs without a model). It is still one argv element, never spliced into another command.
+    return Invocation(["bash", "-c", request.instruction])
+
+
+AGENTS: dict[str, Agent] = {
+    agent.name: agent
+    for agent in (
+        Agent(
+            "claude",
+            "claude",
+            "@anthropic-ai/claude-code@2.1.197",
+            (("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),),
+            "claude-stream-json",
+            _claude,
+        ),
+        Agent("codex", "codex", "@openai/codex@0.171.0", (("OPENAI_API_KEY",),), "codex-json", _codex),
+        Agent(
+            "copilot",
+            "copilot",
+            "@github/copilot",
+            (("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"),),
+            "text",
+            _copilot,
+        ),
+        Agent("cursor", "cursor-agent", "", (("CURSOR_API_KEY",),), "claude-stream-json", _cursor),
+        Agent(
+            "gemini",
+            "gemini",
+            "@google/gemini-cli",
+            (("GEMINI_API_KEY", "GOOGLE_API_KEY"),),
+            "gemini-stream-json",
+            _gemini,
+        ),
+        Agent("opencode", "opencode", "opencode-ai", (), "opencode-json", _opencode),
+        Agent("shell", "bash", "", (), "text", _shell),
+    )
+}
+
+
+def get_agent(name: str) -> Agent:
+    agent = AGENTS.get(name)
+    if agent is None:
+        raise invalid_argument(
+            "UNKNOWN_AGENT", f"agent must be one of {', '.join(sorted(AGENTS))}, got {name[:40]!r}", field="agent"
+        )
+    return agent
+
+
+def agent_for_execution(execution_id: str) -> Agent | None:
+    """The agent an execution runs, from its id (agent-<name>-<hex>), so any replica can parse its output."""
+    if not execution_id.startswith(EXECUTION_PREFIX):
+        return None
+    return AGENTS.get(execution_id.removeprefix(EXECUTION_PREFIX).rsplit("-", 1)[0])
+
+
+AGENT_SCRIPT = script("agent.sh")
+
+
+def agent_argv(agent: Agent, workspace_dir: str, invocation: Invocation) -> list[str]:
+    return ["bash", "-c", AGENT_SCRIPT, "sandbox-agent", workspace_dir, agent.binary, agent.package, *invocation.argv]
+
+
+def file_env(files: dict[str, str]) -> dict[str, str]:
+    env = {"SANDBOX_FILE_COUNT": str(len(files))}
+    for i, (path, content) in enumerate(files.items()):
+        env[f"SANDBOX_FILE_{i}_PATH"] = path
+        env[f"SANDBOX_FILE_{i}_CONTENT"] = content
+    return env

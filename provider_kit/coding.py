@@ -1,0 +1,172 @@
+"""Coding steps on a sandbox's workspace: setup at creation, agent runs, commit and push."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from provider_kit import validation, workspace
+from provider_kit.agents import Agent, agent_for_execution, get_agent
+from provider_kit.agents.catalog import EXECUTION_PREFIX, agent_argv, file_env
+from provider_kit.agents.parsers import LineParser
+from provider_kit.driver import Driver, SandboxRecord
+from provider_kit.errors import failed_precondition, invalid_argument
+from provider_kit.executions import Executions, new_execution_name
+from provider_kit.names import ExecutionName, SandboxName
+from provider_kit.settings import ProviderSettings
+from sandbox.v1 import sandbox_pb2
+
+MAX_INSTRUCTION_BYTES = 100_000
+MAX_MCP_SERVERS = 16
+_MCP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+SETUP_TIMEOUT_SECONDS = 3600.0
+
+
+def workspace_of(record: SandboxRecord) -> sandbox_pb2.Workspace | None:
+    value = record.metadata.get(workspace.WORKSPACE_METADATA_KEY)
+    return workspace.decode_workspace(value) if value else None
+
+
+def require_workspace(record: SandboxRecord, name: SandboxName) -> sandbox_pb2.Workspace:
+    found = workspace_of(record)
+    if found is None:
+        raise failed_precondition("NO_WORKSPACE", f"sandbox {name} was created without a repository")
+    return found
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "[REDACTED]")
+    return text
+
+
+@dataclass(frozen=True)
+class _AgentRun:
+    agent: Agent
+    env: dict[str, str]
+    secret_env: dict[str, str]
+    timeout: float
+
+
+class Coding:
+    def __init__(self, driver: Driver, executions: Executions, settings: ProviderSettings) -> None:
+        self._driver = driver
+        self._executions = executions
+        self._settings = settings
+
+    def plan_workspace(self, setup: sandbox_pb2.RepositorySetup) -> tuple[workspace.Setup, sandbox_pb2.Workspace]:
+        """Validates the repository request and picks the branch and setup execution id (before any side
+        effect; both are stored with the sandbox)."""
+        checked = workspace.check_setup(
+            setup, allow_http=self._settings.git_allow_http, allow_file=self._settings.git_allow_file_urls
+        )
+        planned = sandbox_pb2.Workspace(
+            repository_url=checked.url,
+            base_ref=checked.base_ref,
+            branch=checked.branch,
+            directory=self._settings.workspace_dir,
+            # Only the id is known yet; the full name is set once the sandbox exists.
+            setup_execution=new_execution_name(SandboxName("-", "-"), workspace.SETUP_EXECUTION_PREFIX).execution_id,
+        )
+        return checked, planned
+
+    async def start_setup(self, name: SandboxName, record: SandboxRecord, setup: workspace.Setup) -> None:
+        planned = require_workspace(record, name)
+        execution = ExecutionName(name, planned.setup_execution)
+        await self._executions.spawn(
+            execution, setup.argv(planned.directory), {}, "", SETUP_TIMEOUT_SECONDS, secret_env=setup.secret_env()
+        )
+
+    def check_agent_request(self, request: sandbox_pb2.ExecuteAgentRequest) -> _AgentRun:
+        """Validates an agent request completely, before any side effect."""
+        agent = get_agent(request.agent)
+        validation.text(request.instruction, "instruction", maximum=MAX_INSTRUCTION_BYTES, required=True)
+        validation.token(request.model, "model")
+        validation.token(request.resume_session, "resume_session")
+        secrets = validation.user_env(dict(request.secrets), "secrets")
+        env = validation.user_env(dict(request.env), "env")
+        if len(request.mcp_servers) > MAX_MCP_SERVERS:
+            raise invalid_argument("INVALID_FIELD", f"mcp_servers may hold at most {MAX_MCP_SERVERS} servers")
+        mcp_secrets: dict[str, str] = {}
+        for i, server in enumerate(request.mcp_servers):
+            if not _MCP_NAME.fullmatch(server.name) or bool(server.command) == bool(server.url):
+                raise invalid_argument(
+                    "INVALID_FIELD", f"mcp_servers[{i}] needs a name and exactly one of command or url"
+                )
+            validation.env(dict(server.env), f"mcp_servers[{i}].env")
+            mcp_secrets.update({f"SANDBOX_MCP_{i}_{k}": v for k, v in server.env.items()})
+        timeout = (
+            validation.seconds(request.timeout, "timeout", maximum=self._settings.max_command_timeout_seconds)
+            if request.HasField("timeout")
+            else self._settings.default_agent_timeout_seconds
+        )
+        agent.check_secrets(request)
+        return _AgentRun(agent, env, {**secrets, **mcp_secrets}, timeout)
+
+    async def execute_agent(
+        self, name: SandboxName, record: SandboxRecord, request: sandbox_pb2.ExecuteAgentRequest
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        run = self.check_agent_request(request)
+        planned = require_workspace(record, name)
+        invocation = run.agent.build(request)
+        argv = agent_argv(run.agent, planned.directory, invocation)
+        stream = self._executions.start(
+            name,
+            argv,
+            {**run.env, **invocation.env, **file_env(invocation.files)},
+            "",
+            run.timeout,
+            secret_env=run.secret_env,
+            prefix=f"{EXECUTION_PREFIX}{run.agent.name}-",
+        )
+        async for event in with_agent_events(stream, LineParser(run.agent.parser)):
+            yield event
+
+    def attach(
+        self, name: ExecutionName, stream: AsyncIterator[sandbox_pb2.ExecutionEvent], stdout_offset: int
+    ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        """Adds parsed agent events to a re-attached stream when the execution runs an agent."""
+        agent = agent_for_execution(name.execution_id)
+        if agent is None or agent.parser is None:
+            return stream
+        return with_agent_events(stream, LineParser(agent.parser, mid_line=stdout_offset > 0))
+
+    async def push(
+        self, name: SandboxName, record: SandboxRecord, request: sandbox_pb2.PushChangesRequest
+    ) -> sandbox_pb2.PushChangesResponse:
+        planned = require_workspace(record, name)
+        validation.text(request.message, "message", maximum=64_000)
+        validation.text(request.instruction, "instruction", maximum=MAX_INSTRUCTION_BYTES)
+        message = workspace.commit_message(request.message, request.instruction)
+        env = {"GIT_TOKEN": request.token} if request.token else {}
+        argv = workspace.push_argv(planned.directory, planned.branch, message)
+        result = await self._driver.run(name.native_id, argv, env)
+        stderr = redact(result.stderr.decode(errors="replace"), [request.token]).strip()
+        if result.code == 3:
+            reason = "\n".join(line for line in stderr.splitlines() if line.strip())[-2000:]
+            raise failed_precondition("PUSH_REJECTED", f"the remote rejected the push of {planned.branch}: {reason}")
+        if result.code != 0:
+            raise failed_precondition("PUSH_FAILED", f"commit or push failed: {stderr[-2000:]}")
+        first, _, diff = result.stdout.decode(errors="replace").partition("\n")
+        fields = dict(part.split("=", 1) for part in first.removeprefix("sandbox-result ").split() if "=" in part)
+        return sandbox_pb2.PushChangesResponse(
+            changed=fields.get("changed") == "1",
+            commit_sha=fields.get("sha", ""),
+            branch=fields.get("branch", planned.branch),
+            files_changed=int(fields.get("files") or 0),
+            insertions=int(fields.get("insertions") or 0),
+            deletions=int(fields.get("deletions") or 0),
+            diff=diff,
+        )
+
+
+async def with_agent_events(
+    stream: AsyncIterator[sandbox_pb2.ExecutionEvent], parser: LineParser
+) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+    """Passes events through, adding the agent events parsed from stdout right after their bytes."""
+    async for event in stream:
+        yield event
+        if event.WhichOneof("event") == "output" and event.output.stream == sandbox_pb2.OutputChunk.STREAM_STDOUT:
+            for parsed in parser.feed(event.output.data):
+                yield sandbox_pb2.ExecutionEvent(agent=parsed)
