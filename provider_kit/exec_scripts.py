@@ -64,7 +64,7 @@ probe() {
   exit 0
 }
 
-if [ "$mode" != start ] && [ ! -e "$d.out" ]; then exit 254; fi
+case $mode in start|spawn) ;; *) [ -e "$d.out" ] || exit 254 ;; esac
 case $mode in
 start|spawn)
   t=$1 w=$2 r=$3; shift 3

@@ -24,6 +24,7 @@ class Collected:
     keepalives: int = 0
     finished: pb.Execution | None = None
     events: int = 0
+    agent_events: list[pb.AgentEvent] = field(default_factory=list)
 
     def add(self, event: pb.ExecutionEvent) -> None:
         self.events += 1
@@ -39,6 +40,8 @@ class Collected:
             self.keepalives += 1
         elif kind == "finished":
             self.finished = event.finished
+        elif kind == "agent":
+            self.agent_events.append(event.agent)
 
 
 class Client:
@@ -76,6 +79,13 @@ class Client:
             name=name, stdout_offset=len(collected.stdout), stderr_offset=len(collected.stderr)
         )
         return self.stub.AttachExecution(request, metadata=self.metadata)
+
+    async def run_agent(self, sandbox: str, agent: str, instruction: str, **kwargs: object) -> Collected:
+        request = pb.ExecuteAgentRequest(sandbox=sandbox, agent=agent, instruction=instruction, **kwargs)  # type: ignore[arg-type]
+        collected = Collected()
+        async for event in self.stub.ExecuteAgent(request, metadata=self.metadata):
+            collected.add(event)
+        return collected
 
     async def attach(self, name: str, collected: Collected) -> Collected:
         """Continues `collected` from where it stopped."""

@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator.local_stack import LocalStack
 from tests.client import Client
+from tests.git_server import GitServer
 
 BASE_IMAGE = "sandbox-base:bookworm-1"
 OWNER_LABEL = "sandbox.platform/managed-by"
@@ -60,6 +61,8 @@ def make_stack(
             "SANDBOX_DOCKER_NETWORK_MODES": "host,none",
             "SANDBOX_STREAM_KEEPALIVE_SECONDS": "1",
             "SANDBOX_DRAIN_SECONDS": "20",
+            # The test git server speaks plain HTTP on loopback.
+            "SANDBOX_GIT_ALLOW_HTTP": "true",
             **provider_env,
         }
         log_dir = tmp_path_factory.mktemp("stack")
@@ -102,3 +105,10 @@ def no_leaked_containers(docker_client: docker.DockerClient, owner: str) -> Iter
     for container in leftovers:
         container.remove(force=True)
     assert not leftovers, f"test leaked containers: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture(scope="session")
+def git_server() -> Iterator[GitServer]:
+    """A real git smart-HTTP server on loopback, with token auth (sandboxes reach it via host networking)."""
+    with GitServer() as server:
+        yield server
