@@ -3,7 +3,6 @@ commit and push, all through the orchestrator; and the git token and agent secre
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -65,7 +64,7 @@ async def test_full_task_pushes_the_agents_commit(client: Client, git_server: Gi
 
     final = tasks[-1]
     assert final.phase == pb.Task.PHASE_SUCCEEDED, final.error
-    assert [t.phase for t in tasks][0] == pb.Task.PHASE_SETUP
+    assert tasks[0].phase == pb.Task.PHASE_SETUP
     assert final.branch.startswith("agent/greet-the-world-")
     assert final.push.changed and final.push.files_changed == 2
     assert (final.push.insertions, final.push.deletions) == (2, 1)
@@ -116,7 +115,7 @@ async def test_git_token_and_secrets_never_leak(
         container = docker_client.containers.get(sandbox.name.rsplit("/", 1)[1])
         assert token not in str(container.labels) and token not in str(container.attrs["Config"]["Env"])
         assert git_server.requests_exposing(token) == []
-        logs = "".join(p.read_text() for p in Path(stack.log_dir or ".").glob("*.log"))
+        logs = "".join(p.read_text() for p in Path(stack.log_dir or ".").glob("*.log"))  # noqa: ASYNC240
         assert token not in logs and secret not in logs
     finally:
         await client.delete(sandbox.name)
@@ -257,4 +256,3 @@ async def test_unknown_agent_is_invalid(client: Client, git_server: GitServer) -
             )
         )  # fmt: skip
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    await asyncio.sleep(0)
