@@ -38,9 +38,7 @@ digest=$( {
   docker image inspect --format '{{.Id}}' "$base_image"
   echo "$pip_version"
   find pyproject.toml uv.lock "$context/Dockerfile" "$context/healthprobe.py" \
-    orchestrator provider_kit provider_docker protos -type f \
-    \( -name '*.py' -o -name '*.pyi' -o -name '*.sh' -o -name '*.proto' -o -name py.typed \
-       -o -name pyproject.toml -o -name uv.lock -o -name Dockerfile \) -print0 \
+    orchestrator provider_kit provider_docker protos -type f -not -path '*/__pycache__/*' -print0 \
     | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-12)
 tag=${IMAGE_TAG:-$version-$digest}

@@ -8,6 +8,7 @@ on this host's engine with host networking and loopback addresses.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -26,14 +27,15 @@ from typing import Any
 
 import docker
 import docker.errors
+import grpc
 import pytest
 import yaml
 
 from provider_kit.auth import parse_tenant_tokens
 from provider_kit.server import SERVICE_NAME
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client
-from tests.conftest import OWNER_LABEL
+from tests.client import Client, Collected
+from tests.conftest import BASE_IMAGE, OWNER_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -105,6 +107,29 @@ def test_images_are_small_non_root_and_carry_a_health_check(
         module = service.replace("-", "_")
         assert config["Entrypoint"] == ["/opt/venv/bin/python", "-m", module]
         assert image.attrs["Size"] < 200 * 2**20, f"{ref} is {image.attrs['Size'] >> 20} MiB"
+        # Everything the servers load at import time (data files too) made it into the wheel.
+        imported = subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--entrypoint",
+                "/opt/venv/bin/python",
+                ref,
+                "-c",
+                f"import {module}.__main__",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert imported.returncode == 0, (
+            f"{ref} cannot import {module} (a file missing from the wheel? see [tool.setuptools] in "
+            f"pyproject.toml):\n{imported.stderr[-3000:]}"
+        )
         # Nothing that builds or fetches code in the runtime stage: no pip, compilers or git.
         found = docker_client.containers.run(
             ref,
@@ -179,7 +204,8 @@ def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, ow
         "SANDBOX_TENANT_TOKENS": f"{client_token}=deploy-test",
         "SANDBOX_DOCKER_OWNER": owner,
         "SANDBOX_DOCKER_NETWORK_MODES": "host,none",
-        "SANDBOX_DRAIN_SECONDS": "10",
+        "SANDBOX_DOCKER_DEFAULT_IMAGE": BASE_IMAGE,
+        "SANDBOX_DRAIN_SECONDS": "3",
         "STOP_GRACE_PERIOD": "20s",
         "HEALTHCHECK_INTERVAL": "1s",
     }
@@ -189,7 +215,17 @@ def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, ow
     try:
         stack.run("config", "--quiet")
         # Waits for the provider's health check before it starts the orchestrator (depends_on).
-        stack.run("up", "--detach", "--no-build")
+        up = subprocess.run(
+            [*compose, "-p", stack.project, "-f", str(DEPLOY / "compose.yaml"), "up", "--detach", "--no-build"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=COMPOSE_TIMEOUT_SECONDS,
+            check=False,
+        )
+        if up.returncode != 0:
+            logs = stack.run("logs", "--no-color")
+            pytest.fail(f"compose up failed:\n{up.stderr}\ncontainer logs:\n{logs}", pytrace=False)
         _wait_healthy(docker_client, stack)
         yield stack
     finally:
@@ -246,6 +282,48 @@ async def test_command_runs_through_the_compose_stack(
         # The first line a server prints names its address (what scripts and tests read).
         first = json.loads(container.logs(stdout=True, stderr=False).decode().splitlines()[0])
         assert first["event"] == "listening", first
+
+
+LINES = 60
+SCRIPT = f'for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.25; done; exit 3'
+
+
+async def test_upgrade_keeps_executions_clients_reattach(compose_stack: ComposeStack) -> None:
+    """Recreating both containers (what an upgrade does) drains them; the command keeps running in its
+    sandbox, and the client re-attaches to the new containers from its offsets: nothing lost or repeated."""
+    client = Client(compose_stack.address, compose_stack.client_token)
+    created = await client.create()
+    try:
+        collected = Collected()
+        stream = client.run_stream(created.name, ["sh", "-c", SCRIPT])
+        async for event in stream:
+            collected.add(event)
+            if collected.stdout.count(b"\n") >= 4:
+                break
+        recreate = asyncio.create_task(
+            asyncio.to_thread(compose_stack.run, "up", "--detach", "--no-build", "--force-recreate")
+        )
+        # The old orchestrator drains (SANDBOX_DRAIN_SECONDS), then its stream breaks.
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for event in stream:
+                collected.add(event)
+        assert collected.finished is None, "the command should outlast the drain"
+        await recreate
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await client.attach(collected.name, collected)
+                break
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        assert bytes(collected.stdout) == b"".join(b"line %d\n" % i for i in range(1, LINES + 1))
+        assert collected.finished is not None
+        assert (collected.finished.state, collected.finished.exit_code) == (pb.Execution.STATE_FAILED, 3)
+    finally:
+        await client.delete(created.name)
+        await client.close()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,6 +412,9 @@ def test_overlay_wiring(overlay: str) -> None:
     assert orchestrator_env["SANDBOX_PROVIDERS"] == (
         f"docker=dns:///provider-docker.{namespace}.svc.cluster.local:50051"
     )
+    provider_env = _env(deployments["provider-docker"]["spec"]["template"]["spec"]["containers"][0], configmaps)
+    assert "/" in provider_env["SANDBOX_DOCKER_DEFAULT_IMAGE"], "a sandbox image the engine can pull"
+    assert provider_env["DOCKER_HOST"].startswith("tcp://") and provider_env["DOCKER_TLS_VERIFY"] == "1"
     assert services["provider-docker"]["spec"]["clusterIP"] == "None", "headless: one address per pod"
     assert services["orchestrator"]["spec"].get("type", "ClusterIP") == "ClusterIP"
 
