@@ -4,9 +4,9 @@
 bootstrap:
 	scripts/bootstrap.sh
 
-# The main job: start the local stack on loopback and run a command in a Docker sandbox, streaming its output.
+# The main job: a complete coding task (clone, shell agent, commit, push) on local Docker, no credentials.
 demo: bootstrap
-	uv run python -m orchestrator.local_stack run -- sh -c 'echo "hello from $$(hostname)"; git --version; uname -sr'
+	uv run python -m scripts.demo_task
 
 # The local stack in the foreground: prints its address and a client token; ^C stops it.
 stack: bootstrap

@@ -87,19 +87,25 @@ def _claude(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         argv += ["--mcp-config", path]
     # Claude refuses to skip permissions as root unless told it is in a sandbox; agents normally run as
     # the non-root `agent` user anyway.
-    env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "IS_SANDBOX": "1", "DISABLE_AUTOUPDATER": "1"}
+    env = {
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "IS_SANDBOX": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+    }
     return Invocation(argv, env, files)
 
 
 def _codex(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
-    options = ["--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check", "--json"]
+    options = ["--json", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check"]
     if request.model:
         options += ["-m", request.model]
     if request.resume_session:
-        argv = ["codex", "exec", *options, "resume", request.resume_session, request.instruction]
+        argv = ["codex", "exec", "resume", *options, request.resume_session, request.instruction]
     else:
         argv = ["codex", "exec", *options, request.instruction]
-    config: list[str] = []
+    config = ["check_for_update_on_startup = false"]
     base_url = request.env.get("OPENAI_BASE_URL")
     if base_url:
         # A custom endpoint (a gateway, or a local model server) needs its own provider entry.
@@ -111,10 +117,9 @@ def _codex(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
             f"base_url = {_toml_string(base_url)}",
             'env_key = "OPENAI_API_KEY"',
             'wire_api = "responses"',
-            "",
         ]
     for server in request.mcp_servers:
-        config.append(f"[mcp_servers.{_toml_string(server.name)}]")
+        config += ["", f"[mcp_servers.{_toml_string(server.name)}]"]
         if server.url:
             config.append(f"url = {_toml_string(server.url)}")
         else:
@@ -123,33 +128,35 @@ def _codex(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
             if server.env:
                 pairs = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in server.env.items())
                 config.append(f"env = {{ {pairs} }}")
-        config.append("")
-    files = {"~/.codex/config.toml": "\n".join(config)} if config else {}
-    return Invocation(argv, {}, files)
+    return Invocation(argv, {}, {"~/.codex/config.toml": "\n".join(config) + "\n"})
 
 
 def _gemini(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
-    argv = ["gemini", "-p", request.instruction, "--yolo", "--output-format", "stream-json"]
+    argv = ["gemini", "-p", request.instruction, "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json"]
     if request.model:
         argv += ["-m", request.model]
     if request.resume_session:
-        argv += ["--resume", request.resume_session]
-    files = {}
-    if request.mcp_servers:
-        servers = {
-            s.name: ({"httpUrl": s.url} if s.url else {"command": s.command, "args": list(s.args), "env": dict(s.env)})
-            for s in request.mcp_servers
-        }
-        files["~/.gemini/settings.json"] = json.dumps({"mcpServers": servers})
-    return Invocation(argv, {"GEMINI_CLI_TELEMETRY_ENABLED": "false"}, files)
+        argv += ["-r", request.resume_session]
+    servers = {
+        s.name: ({"httpUrl": s.url} if s.url else {"command": s.command, "args": list(s.args), "env": dict(s.env)})
+        for s in request.mcp_servers
+    }
+    settings = {
+        "mcpServers": servers,
+        "privacy": {"usageStatisticsEnabled": False},
+        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+    }
+    return Invocation(argv, {"GEMINI_CLI_TRUST_WORKSPACE": "true"}, {"~/.gemini/settings.json": json.dumps(settings)})
 
 
 def _cursor(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
-    argv = ["cursor-agent", "-p", request.instruction, "--force", "--output-format", "stream-json"]
+    # --trust matters: without it an untrusted workspace makes the CLI print a notice and exit 0.
+    argv = ["cursor-agent", "-p", "--output-format", "stream-json", "--force", "--trust", "--approve-mcps"]
     if request.model:
         argv += ["--model", request.model]
     if request.resume_session:
         argv += ["--resume", request.resume_session]
+    argv.append(request.instruction)
     files = {}
     if request.mcp_servers:
         servers = {s.name: ({"url": s.url} if s.url else _stdio_or_url(s)) for s in request.mcp_servers}
@@ -158,7 +165,7 @@ def _cursor(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
 
 
 def _opencode(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
-    argv = ["opencode", "run", "--format", "json"]
+    argv = ["opencode", "run", "--format", "json", "--auto"]
     if request.model:
         argv += ["-m", request.model]
     if request.resume_session:
@@ -177,11 +184,20 @@ def _opencode(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         files["~/.config/opencode/opencode.json"] = json.dumps(
             {"$schema": "https://opencode.ai/config.json", "mcp": mcp}
         )
-    return Invocation(argv, {}, files)
+    return Invocation(argv, {"OPENCODE_DISABLE_AUTOUPDATE": "1"}, files)
 
 
 def _copilot(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
-    argv = ["copilot", "-p", request.instruction, "--allow-all-tools"]
+    argv = [
+        "copilot",
+        "-p",
+        request.instruction,
+        "--allow-all",
+        "--output-format",
+        "json",
+        "--no-ask-user",
+        "--no-auto-update",
+    ]
     if request.model:
         argv += ["--model", request.model]
     if request.resume_session:
@@ -197,7 +213,7 @@ def _copilot(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
             for s in request.mcp_servers
         }
         files["~/.copilot/mcp-config.json"] = json.dumps({"mcpServers": servers})
-    return Invocation(argv, {}, files)
+    return Invocation(argv, {"COPILOT_AUTO_UPDATE": "false"}, files)
 
 
 def _shell(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
@@ -210,33 +226,57 @@ AGENTS: dict[str, Agent] = {
     agent.name: agent
     for agent in (
         Agent(
-            "claude",
-            "claude",
-            "@anthropic-ai/claude-code@2.1.197",
-            (("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),),
-            "claude-stream-json",
-            _claude,
+            name="claude",
+            binary="claude",
+            package="@anthropic-ai/claude-code@2.1.197",
+            secrets=(("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"),),
+            output="claude-stream-json",
+            build=_claude,
         ),
-        Agent("codex", "codex", "@openai/codex@0.171.0", (("OPENAI_API_KEY",),), "codex-json", _codex),
         Agent(
-            "copilot",
-            "copilot",
-            "@github/copilot",
-            (("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"),),
-            "text",
-            _copilot,
+            name="codex",
+            binary="codex",
+            package="@openai/codex@0.171.0",
+            secrets=(("OPENAI_API_KEY", "CODEX_API_KEY"),),
+            output="codex-json",
+            build=_codex,
         ),
-        Agent("cursor", "cursor-agent", "", (("CURSOR_API_KEY",),), "claude-stream-json", _cursor),
         Agent(
-            "gemini",
-            "gemini",
-            "@google/gemini-cli",
-            (("GEMINI_API_KEY", "GOOGLE_API_KEY"),),
-            "gemini-stream-json",
-            _gemini,
+            name="copilot",
+            binary="copilot",
+            package="@github/copilot@1.0.102",
+            secrets=(("COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "COPILOT_PROVIDER_API_KEY"),),
+            output="copilot-json",
+            build=_copilot,
         ),
-        Agent("opencode", "opencode", "opencode-ai", (), "opencode-json", _opencode),
-        Agent("shell", "bash", "", (), "text", _shell),
+        # Cursor's CLI is not on npm (it installs with its own script): use an image that has it.
+        Agent(
+            name="cursor",
+            binary="cursor-agent",
+            package="",
+            secrets=(("CURSOR_API_KEY",),),
+            output="claude-stream-json",
+            build=_cursor,
+        ),
+        # Gemini CLI needs Node 20 or newer; Debian bookworm's nodejs is 18.
+        Agent(
+            name="gemini",
+            binary="gemini",
+            package="@google/gemini-cli@0.61.0",
+            secrets=(("GEMINI_API_KEY", "GOOGLE_API_KEY"),),
+            output="gemini-stream-json",
+            build=_gemini,
+        ),
+        # opencode takes the credentials of whichever model provider it is configured for.
+        Agent(
+            name="opencode",
+            binary="opencode",
+            package="opencode-ai@1.18.33",
+            secrets=(),
+            output="opencode-json",
+            build=_opencode,
+        ),
+        Agent(name="shell", binary="bash", package="", secrets=(), output="text", build=_shell),
     )
 }
 

@@ -159,7 +159,34 @@ def opencode_json(line: dict[str, Any]) -> Iterator[Event]:
         yield Event(kind=Event.KIND_RESULT, is_error=True, text=_text(line.get("error")))
 
 
+def copilot_json(line: dict[str, Any]) -> Iterator[Event]:
+    """GitHub Copilot CLI `--output-format json`."""
+    kind = line.get("type")
+    data = line.get("data") or {}
+    if kind == "assistant.message":
+        if data.get("content"):
+            yield Event(kind=Event.KIND_TEXT, text=_text(data.get("content")))
+    elif kind == "tool.execution_start":
+        yield Event(
+            kind=Event.KIND_TOOL_CALL, tool_name=data.get("toolName", ""), tool_input=json.dumps(data.get("arguments"))
+        )
+    elif kind == "tool.execution_complete":
+        yield Event(
+            kind=Event.KIND_TOOL_RESULT,
+            tool_name=data.get("toolName", ""),
+            text=_text(data.get("result")),
+            is_error=data.get("success") is False,
+        )
+    elif kind == "result":
+        yield Event(
+            kind=Event.KIND_RESULT,
+            session_id=str(line.get("sessionId", "")),
+            is_error=line.get("exitCode") not in (0, None),
+        )
+
+
 PARSERS: dict[str, Parser] = {
+    "copilot-json": copilot_json,
     "claude-stream-json": claude_stream_json,
     "codex-json": codex_json,
     "gemini-stream-json": gemini_stream_json,

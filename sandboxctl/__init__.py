@@ -1,0 +1,1 @@
+"""sandboxctl: the command-line client of the sandbox platform."""

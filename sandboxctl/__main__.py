@@ -1,0 +1,5 @@
+"""python -m sandboxctl"""
+
+from sandboxctl.cli import main
+
+main()
