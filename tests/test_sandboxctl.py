@@ -1,0 +1,80 @@
+"""sandboxctl, run as a user runs it: a real process against the real stack, checking output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+from orchestrator.local_stack import LocalStack
+from tests.client import Client
+from tests.git_server import GitServer
+
+
+def sandboxctl(
+    stack: LocalStack | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {**os.environ, **(env or {})}
+    if stack is not None:
+        base |= {"SANDBOXCTL_ADDRESS": stack.address, "SANDBOXCTL_TOKEN": stack.client_token}
+    return subprocess.run(
+        [sys.executable, "-m", "sandboxctl", *args], env=base, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_providers(stack: LocalStack) -> None:
+    result = sandboxctl(stack, "providers")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "docker\tready\n"
+
+
+def test_run_pushes_and_reports_json(stack: LocalStack, git_server: GitServer) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    git_server.create_repo(name, {"README.md": "hi\n"})
+    result = sandboxctl(
+        stack, "run", "--json", "--network", "host", "--repo", git_server.url(name),
+        "-i", "echo added > added.txt", "--branch", "cli/added", env={"GIT_TOKEN": git_server.token or ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    final = [e["task"] for e in events if "task" in e][-1]
+    assert final["phase"] == "PHASE_SUCCEEDED"
+    assert final["push"]["branch"] == "cli/added"
+    assert git_server.read_file(name, "cli/added", "added.txt") == b"added\n"
+    assert (git_server.token or "") not in result.stdout + result.stderr
+
+
+def test_failed_agent_exits_1_and_bad_input_exits_2(stack: LocalStack, git_server: GitServer) -> None:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    git_server.create_repo(name, {"README.md": "hi\n"})
+    env = {"GIT_TOKEN": git_server.token or ""}
+    failed = sandboxctl(stack, "run", "--network", "host", "--repo", git_server.url(name), "-i", "exit 3", env=env)
+    assert failed.returncode == 1
+    assert "task failed" in failed.stderr
+    bad = sandboxctl(stack, "run", "--repo", "ext::sh -c id", "-i", "true")
+    assert bad.returncode == 2
+    assert "INVALID_ARGUMENT" in bad.stderr
+
+
+async def test_exec_list_attach_delete(stack: LocalStack, client: Client) -> None:
+    sandbox = (await client.create(labels={"cli": "yes"})).name
+    try:
+        ran = sandboxctl(stack, "exec", sandbox, "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+        assert (ran.returncode, ran.stdout) == (7, "out\n")
+        assert "err" in ran.stderr
+        listed = sandboxctl(stack, "list", "--label", "cli=yes")
+        assert listed.returncode == 0 and listed.stdout.startswith(f"{sandbox}\trunning")
+        missing = sandboxctl(stack, "attach", f"{sandbox}/executions/nosuchexecution")
+        assert missing.returncode == 3
+    finally:
+        deleted = sandboxctl(stack, "delete", sandbox)
+        assert deleted.returncode == 0
+    assert sandboxctl(stack, "exec", sandbox, "--", "true").returncode == 3
+
+
+def test_local_starts_its_own_stack() -> None:
+    result = sandboxctl(None, "providers", "--local")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "docker\tready\n"
