@@ -146,6 +146,40 @@ def test_images_are_small_non_root_and_carry_a_health_check(
         assert found.decode().split() == [str(UID)], f"{ref} contains: {found.decode()}"
 
 
+def test_health_probe_tells_live_from_ready(images: dict[str, str], docker_client: docker.DockerClient) -> None:
+    """A provider whose engine is unreachable is up ("" SERVING) but not ready (the named service is not)."""
+    port = _free_port()
+    container = docker_client.containers.run(
+        images["provider-docker"],
+        environment={
+            "SANDBOX_LISTEN": f"127.0.0.1:{port}",
+            "SANDBOX_PROVIDER_TOKEN": uuid.uuid4().hex,
+            # Nothing listens there: the readiness check fails, the server runs.
+            "DOCKER_HOST": f"tcp://127.0.0.1:{_free_port()}",
+        },
+        network_mode="host",
+        read_only=True,
+        detach=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            live = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", ""])
+            if live.exit_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert live.exit_code == 0, (live.output, container.logs()[-2000:])
+        assert live.output.decode().strip() == "(server): SERVING"
+        ready = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py"])
+        assert ready.exit_code == 1
+        assert ready.output.decode().strip() == f"{SERVICE_NAME}: NOT_SERVING"
+        elsewhere = f"127.0.0.1:{_free_port()}"
+        gone = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", "--address", elsewhere])
+        assert gone.exit_code == 1 and b"UNAVAILABLE" in gone.output
+    finally:
+        container.remove(force=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Compose: the stack on one machine
 
