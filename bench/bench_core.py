@@ -27,7 +27,7 @@ from orchestrator.local_stack import LocalStack
 from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client
 
-IMAGE = "sandbox-base:bookworm-1"
+IMAGE = "sandbox-base:bookworm-2"
 
 
 def ms(seconds: float) -> str:

@@ -38,6 +38,8 @@ META_LABEL = "sandbox.platform.meta/"
 # How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
 STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
+# The API version used until the engine's own is known (Docker 20.10 and newer speak it).
+FALLBACK_API_VERSION = "1.41"
 
 
 def _epoch(value: datetime) -> str:
@@ -54,18 +56,32 @@ class DockerDriver(Driver):
     def __init__(self, settings: DockerSettings, client: docker.APIClient | None = None) -> None:
         self._settings = settings
         self._api = client or docker.APIClient(
-            # A fixed API version: "auto" would need the engine up just to construct the client.
-            version=settings.docker_api_version,
+            # "auto" would need the engine up just to construct the client: start from a configured version
+            # and negotiate once the engine answers (see ready()).
+            version=FALLBACK_API_VERSION if settings.docker_api_version == "auto" else settings.docker_api_version,
             timeout=120,
             max_pool_size=64,
             **docker.utils.kwargs_from_env(),
         )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
+        self._negotiated = settings.docker_api_version != "auto"
+
+    def _negotiate(self) -> None:
+        """Adopts the engine's API version the first time it answers (newer engines refuse old versions)."""
+        if not self._negotiated:
+            # docker-py has no public setter for the version it puts in every URL.
+            self._api._version = self._api.version(api_version=False)["ApiVersion"]  # type: ignore[attr-defined]
+            self._negotiated = True
 
     async def _call(self, subject: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
+
+        def call() -> T:
+            self._negotiate()
+            return fn(*args, **kwargs)
+
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            return await loop.run_in_executor(self._pool, call)
         except Exception as exc:
             mapped = map_docker_error(exc, subject)
             if mapped is None:

@@ -11,8 +11,9 @@ from provider_kit.settings import ProviderSettings, split_list
 class DockerSettings(ProviderSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
 
-    docker_api_version: str = "1.41"
-    docker_default_image: str = "sandbox-base:bookworm-1"
+    # "auto": the engine's own version, negotiated when it first answers (before that, calls fail UNAVAILABLE).
+    docker_api_version: str = "auto"
+    docker_default_image: str = "sandbox-base:bookworm-2"
     docker_default_milli_cpus: int = 1000
     docker_max_milli_cpus: int = 4000
     docker_default_memory_mb: int = 2048

@@ -15,7 +15,7 @@ from orchestrator.local_stack import LocalStack
 from tests.client import Client
 from tests.git_server import GitServer
 
-BASE_IMAGE = "sandbox-base:bookworm-1"
+BASE_IMAGE = "sandbox-base:bookworm-2"
 OWNER_LABEL = "sandbox.platform/managed-by"
 # A second tenant's client token on the shared stack.
 OTHER_TENANT_TOKEN = secrets.token_urlsafe(24)

@@ -21,7 +21,7 @@ async def test_create_get_list_run_delete(client: Client, docker_client: docker.
     )
     assert created.name.startswith("providers/docker/sandboxes/sbx-")
     assert created.state == pb.Sandbox.STATE_RUNNING
-    assert created.spec.image == "sandbox-base:bookworm-1"
+    assert created.spec.image == "sandbox-base:bookworm-2"
     assert created.expire_time.seconds > created.create_time.seconds
 
     native_id = created.name.rsplit("/", 1)[1]
