@@ -3,8 +3,9 @@ commit and push, all through the orchestrator; and the git token and agent secre
 
 from __future__ import annotations
 
+import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import docker
@@ -256,3 +257,37 @@ async def test_unknown_agent_is_invalid(client: Client, git_server: GitServer) -
             )
         )  # fmt: skip
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_reattach_to_a_running_agent_after_killing_its_provider(
+    make_stack: Callable[..., LocalStack], git_server: GitServer
+) -> None:
+    stack_a, stack_b = make_stack(SANDBOX_GIT_ALLOW_HTTP="true"), make_stack(SANDBOX_GIT_ALLOW_HTTP="true")
+    a = Client(stack_a.address, stack_a.client_token)
+    b = Client(stack_b.address, stack_b.client_token)
+    sandbox = await create_with_repo(a, git_server, repo(git_server))
+    script = "for i in $(seq 1 30); do echo step $i; sleep 0.1; done; echo result > result.txt"
+    try:
+        collected = Collected()
+        request = pb.ExecuteAgentRequest(sandbox=sandbox.name, agent="shell", instruction=script)
+        stream = a.stub.ExecuteAgent(request, metadata=a.metadata)
+        async for event in stream:
+            collected.add(event)
+            if collected.stdout.count(b"\n") >= 3:
+                break
+        stack_a.provider_processes[0].signal(signal.SIGKILL)
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for event in stream:
+                collected.add(event)
+        await b.attach(collected.name, collected)
+        assert bytes(collected.stdout) == b"".join(b"step %d\n" % i for i in range(1, 31))
+        assert collected.finished is not None and collected.finished.state == pb.Execution.STATE_SUCCEEDED
+        pushed = await b.stub.PushChanges(
+            pb.PushChangesRequest(sandbox=sandbox.name, instruction=script, token=git_server.token or ""),
+            metadata=b.metadata,
+        )
+        assert pushed.changed and pushed.files_changed == 1
+    finally:
+        await b.delete(sandbox.name)
+        await a.close()
+        await b.close()
