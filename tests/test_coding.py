@@ -95,9 +95,11 @@ async def test_git_token_and_secrets_never_leak(
     try:
         secret = f"sk-test-{uuid.uuid4().hex}"
         agent = await client.run_agent(
-            sandbox.name, "shell", 'echo "key=$MY_KEY"; echo "$MY_KEY" >&2; git remote -v; cat .git/config',
+            sandbox.name,
+            "shell",
+            'echo "key=$MY_KEY"; echo "$MY_KEY" >&2; git remote -v; cat .git/config',
             secrets={"MY_KEY": secret},
-        )  # fmt: skip
+        )
         assert agent.finished is not None and agent.finished.state == pb.Execution.STATE_SUCCEEDED
         out, err = bytes(agent.stdout), bytes(agent.stderr)
         assert b"key=[REDACTED]" in out and err == b"[REDACTED]\n"
@@ -214,9 +216,10 @@ async def test_task_survives_a_lost_stream_and_can_be_reattached(stack: LocalSta
                 break
         stream.cancel()  # the client goes away mid-agent
         tasks, outputs = await collect_task(
-            second.stub.AttachTask(pb.AttachTaskRequest(name=task_name, git_token=git_server.token or ""),
-                                   metadata=second.metadata)
-        )  # fmt: skip
+            second.stub.AttachTask(
+                pb.AttachTaskRequest(name=task_name, git_token=git_server.token or ""), metadata=second.metadata
+            )
+        )
         final = tasks[-1]
         assert final.phase == pb.Task.PHASE_SUCCEEDED, final.error
         assert bytes(outputs[final.agent_execution].stdout) == b"agent-finished\n"
@@ -250,12 +253,15 @@ async def test_unknown_agent_is_invalid(client: Client, git_server: GitServer) -
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await collect_task(
             client.stub.RunTask(
-                pb.RunTaskRequest(provider="docker", spec=HOST,
-                                  repository=pb.RepositorySetup(url=git_server.url("x")),
-                                  agent=pb.ExecuteAgentRequest(agent="nope", instruction="x")),
+                pb.RunTaskRequest(
+                    provider="docker",
+                    spec=HOST,
+                    repository=pb.RepositorySetup(url=git_server.url("x")),
+                    agent=pb.ExecuteAgentRequest(agent="nope", instruction="x"),
+                ),
                 metadata=client.metadata,
             )
-        )  # fmt: skip
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -291,3 +297,29 @@ async def test_reattach_to_a_running_agent_after_killing_its_provider(
         await b.delete(sandbox.name)
         await a.close()
         await b.close()
+
+
+async def test_dependencies_are_detected_and_installed(client: Client, git_server: GitServer) -> None:
+    lock = '{"name": "demo", "version": "1.0.0", "lockfileVersion": 3, "requires": true, "packages": {"": {"name": "demo", "version": "1.0.0"}}}'  # noqa: E501
+    files = {
+        "package.json": '{"name": "demo", "version": "1.0.0"}\n',
+        "package-lock.json": lock,
+        "requirements.txt": "# no third-party packages\n",
+    }
+    sandbox = await client.create(
+        spec=HOST,
+        repository=pb.RepositorySetup(
+            url=git_server.url(repo(git_server, files)), token=git_server.token or "", install_dependencies=True
+        ),
+    )
+    try:
+        setup = await client.attach(sandbox.workspace.setup_execution, Collected())
+        assert setup.finished is not None
+        assert setup.finished.state == pb.Execution.STATE_SUCCEEDED, bytes(setup.stderr)
+        log = bytes(setup.stdout)
+        assert b"Installing dependencies with npm ci" in log
+        assert b"Installing dependencies with pip (requirements.txt)" in log
+        venv = await client.run(sandbox.name, ["stat", "-c", "%U", "/workspace/.venv/bin/python"])
+        assert bytes(venv.stdout) == b"agent\n"  # dependencies are installed as the agent user
+    finally:
+        await client.delete(sandbox.name)

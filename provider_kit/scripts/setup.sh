@@ -4,7 +4,11 @@
 url=$1 base=$2 depth=$3 branch=$4 dir=$5 deps=$6 name=$7 email=$8
 step "Cloning $url into $dir"
 mkdir -p "$dir"
-if [ "$(id -u)" = 0 ] && id agent >/dev/null 2>&1; then chown agent: "$dir"; fi
+if [ "$(id -u)" = 0 ] && id agent >/dev/null 2>&1; then
+  chown agent: "$dir"
+  # Commands run as root (RunCommand) may use git in the agent's checkout too.
+  git config --global --add safe.directory "$dir"
+fi
 cd "$dir"
 as_agent git init -q
 as_agent git config user.name "$name"
