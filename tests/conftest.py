@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -112,3 +113,17 @@ def git_server() -> Iterator[GitServer]:
     """A real git smart-HTTP server on loopback, with token auth (sandboxes reach it via host networking)."""
     with GitServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def agent_image(docker_client: docker.DockerClient) -> str:
+    """The agent image's tag; built (idempotently, from the npm registry) when missing."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-agent-image.sh"
+    tag = subprocess.run([script, "--print-tag"], check=True, capture_output=True, text=True).stdout.strip()
+    try:
+        docker_client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        built = subprocess.run([script], capture_output=True, text=True, timeout=1200)
+        if built.returncode != 0:
+            pytest.fail(f"{script} failed:\n{built.stdout}\n{built.stderr}", pytrace=False)
+    return tag

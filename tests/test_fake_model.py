@@ -43,20 +43,6 @@ MCP_MARKER = "/home/agent/mcp-calls.log"
 # -- fixtures and helpers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def agent_image(docker_client: docker.DockerClient) -> str:
-    """The agent image's tag; built (idempotently, from the npm registry) when missing."""
-    script = REPO / "scripts" / "build-agent-image.sh"
-    tag = subprocess.run([script, "--print-tag"], check=True, capture_output=True, text=True).stdout.strip()
-    try:
-        docker_client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        built = subprocess.run([script], capture_output=True, text=True, timeout=1200)
-        if built.returncode != 0:
-            pytest.fail(f"{script} failed:\n{built.stdout}\n{built.stderr}", pytrace=False)
-    return tag
-
-
 @dataclass
 class Result:
     exit_code: int

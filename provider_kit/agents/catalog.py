@@ -82,7 +82,7 @@ def _claude(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
     if request.resume_session:
         argv += ["--resume", request.resume_session]
     if request.mcp_servers:
-        path = "~/.sandbox-agent/claude-mcp.json"
+        path = "/tmp/.sandbox-agent/claude-mcp.json"  # an argv element: no "~" expansion here
         files[path] = json.dumps({"mcpServers": {s.name: _stdio_or_url(s) for s in request.mcp_servers}})
         argv += ["--mcp-config", path]
     # Claude refuses to skip permissions as root unless told it is in a sandbox; agents normally run as
