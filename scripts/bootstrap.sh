@@ -27,3 +27,5 @@ fi
 uv sync --frozen -q
 
 scripts/build-base-image.sh
+# The sandbox image with the real Claude Code and Codex CLIs, for the agent tests (npm registry, ~25 s).
+scripts/build-agent-image.sh
