@@ -89,10 +89,13 @@ class ServerProcess:
 
 @dataclass
 class LocalStack:
-    """Docker provider replicas and orchestrator replicas wired together on loopback."""
+    """Provider replicas (Docker by default) and orchestrator replicas wired together on loopback."""
 
     providers: int = 1
     orchestrators: int = 1
+    # Which provider process to run, and its name in resource names.
+    provider_module: str = "provider_docker"
+    provider_name: str = "docker"
     provider_env: dict[str, str] = field(default_factory=dict)
     orchestrator_env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None
@@ -111,12 +114,13 @@ class LocalStack:
         try:
             for i in range(self.providers):
                 env = {"SANDBOX_PROVIDER_TOKEN": self.provider_token, **self.provider_env}
-                self.provider_processes.append(ServerProcess("provider_docker", env, self._log(f"docker-{i}")).start())
+                log = self._log(f"{self.provider_name}-{i}")
+                self.provider_processes.append(ServerProcess(self.provider_module, env, log).start())
             target = "ipv4:" + ",".join(p.address for p in self.provider_processes)
             tokens = {self.client_token: self.tenant, **self.extra_tokens}
             for i in range(self.orchestrators):
                 env = {
-                    "SANDBOX_PROVIDERS": f"docker={target}",
+                    "SANDBOX_PROVIDERS": f"{self.provider_name}={target}",
                     "SANDBOX_PROVIDER_TOKEN": self.provider_token,
                     "SANDBOX_TENANT_TOKENS": ",".join(f"{token}={tenant}" for token, tenant in tokens.items()),
                     **self.orchestrator_env,
