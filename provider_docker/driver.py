@@ -245,10 +245,11 @@ class DockerDriver(Driver):
                 raise
 
     async def reap_expired(self, now: datetime) -> int:
+        # A container without an expiry was not made by a provider (never guess: leave it alone).
         expired = [
             c["Names"][0].lstrip("/")
             for c in await self._managed()
-            if _from_epoch(c["Labels"].get(f"{LABEL}expire-time", "0")) <= now
+            if c["Labels"].get(f"{LABEL}expire-time") and _from_epoch(c["Labels"][f"{LABEL}expire-time"]) <= now
         ]
         for name in expired:
             await self.delete(name)

@@ -45,7 +45,18 @@ class Collected:
 
 
 class Client:
-    def __init__(self, address: str, token: str, extra_metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        extra_metadata: tuple[tuple[str, str], ...] = (),
+        *,
+        provider: str = "docker",
+        spec: pb.SandboxSpec | None = None,
+    ) -> None:
+        self.provider = provider
+        # What sandboxes are created with unless a test says otherwise (host networking reaches loopback).
+        self.spec = spec or pb.SandboxSpec(network_mode="host")
         self.channel = grpc.aio.insecure_channel(address, options=[("grpc.max_receive_message_length", 32 << 20)])
         self.stub = sandbox_pb2_grpc.SandboxProviderStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"), *extra_metadata)
@@ -53,9 +64,9 @@ class Client:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def create(self, provider: str = "docker", **kwargs: object) -> pb.Sandbox:
-        spec = kwargs.pop("spec", None) or pb.SandboxSpec(network_mode="host")
-        request = pb.CreateSandboxRequest(provider=provider, spec=spec, **kwargs)  # type: ignore[arg-type]
+    async def create(self, provider: str = "", **kwargs: object) -> pb.Sandbox:
+        spec = kwargs.pop("spec", None) or self.spec
+        request = pb.CreateSandboxRequest(provider=provider or self.provider, spec=spec, **kwargs)  # type: ignore[arg-type]
         return await self.stub.CreateSandbox(request, metadata=self.metadata)
 
     async def delete(self, name: str) -> None:

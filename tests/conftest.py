@@ -15,9 +15,9 @@ import pytest
 from orchestrator.local_stack import LocalStack
 from tests.client import Client
 from tests.git_server import GitServer
+from tests.harness import HARNESSES, OWNER_LABEL, ProviderHarness, selected_providers
 
 BASE_IMAGE = "sandbox-base:bookworm-2"
-OWNER_LABEL = "sandbox.platform/managed-by"
 # A second tenant's client token on the shared stack.
 OTHER_TENANT_TOKEN = secrets.token_urlsafe(24)
 
@@ -48,27 +48,63 @@ def owner() -> str:
 
 
 @pytest.fixture(scope="session")
-def make_stack(
+def harnesses(
     docker_client: docker.DockerClient, owner: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], ProviderHarness]]:
+    """Provider harnesses, each started on first use and stopped at the end of the session."""
+    started: dict[str, ProviderHarness] = {}
+
+    def get(name: str) -> ProviderHarness:
+        if name not in started:
+            harness = HARNESSES[name](owner, tmp_path_factory.mktemp(f"harness-{name}"), docker_client)
+            harness.start()
+            started[name] = harness
+        return started[name]
+
+    yield get
+    for harness in started.values():
+        harness.stop()
+
+
+@pytest.fixture(scope="session", params=selected_providers())
+def harness(request: pytest.FixtureRequest, harnesses: Callable[[str], ProviderHarness]) -> ProviderHarness:
+    """The provider under test: tests that use it (or stack/client/sandbox) run once per provider."""
+    return harnesses(request.param)
+
+
+@pytest.fixture(scope="session")
+def make_stack(
+    harnesses: Callable[[str], ProviderHarness], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., LocalStack]]:
-    """Starts LocalStacks (stopped at the end of the session, or earlier by the test)."""
+    """Starts LocalStacks for a provider (Docker unless given; stopped at the end of the session, or earlier
+    by the test)."""
     stacks: list[LocalStack] = []
 
     def make(
-        providers: int = 1, orchestrators: int = 1, extra_tokens: dict[str, str] | None = None, **provider_env: str
+        harness: ProviderHarness | None = None,
+        providers: int = 1,
+        orchestrators: int = 1,
+        extra_tokens: dict[str, str] | None = None,
+        **provider_env: str,
     ) -> LocalStack:
+        harness = harness or harnesses("docker")
         env = {
-            "SANDBOX_DOCKER_OWNER": owner,
-            "SANDBOX_DOCKER_NETWORK_MODES": "host,none",
+            **harness.provider_env(),
             "SANDBOX_STREAM_KEEPALIVE_SECONDS": "1",
             "SANDBOX_DRAIN_SECONDS": "20",
             # The test git server speaks plain HTTP on loopback.
             "SANDBOX_GIT_ALLOW_HTTP": "true",
             **provider_env,
         }
-        log_dir = tmp_path_factory.mktemp("stack")
+        log_dir = tmp_path_factory.mktemp(f"stack-{harness.name}")
         stack = LocalStack(
-            providers, orchestrators, provider_env=env, log_dir=Path(log_dir), extra_tokens=extra_tokens or {}
+            providers,
+            orchestrators,
+            provider_module=harness.module,
+            provider_name=harness.name,
+            provider_env=env,
+            log_dir=Path(log_dir),
+            extra_tokens=extra_tokens or {},
         )
         stacks.append(stack.start())
         return stack
@@ -79,14 +115,44 @@ def make_stack(
 
 
 @pytest.fixture(scope="session")
-def stack(make_stack: Callable[..., LocalStack]) -> LocalStack:
-    """The shared stack: two Docker provider replicas behind two orchestrator replicas."""
-    return make_stack(providers=2, orchestrators=2, extra_tokens={OTHER_TENANT_TOKEN: "other-tenant"})
+def shared_stacks(make_stack: Callable[..., LocalStack]) -> Callable[[ProviderHarness], LocalStack]:
+    """One long-lived stack per provider: two provider replicas behind two orchestrator replicas."""
+    stacks: dict[str, LocalStack] = {}
+
+    def get(harness: ProviderHarness) -> LocalStack:
+        if harness.name not in stacks:
+            tokens = {OTHER_TENANT_TOKEN: "other-tenant"}
+            stacks[harness.name] = make_stack(harness, providers=2, orchestrators=2, extra_tokens=tokens)
+        return stacks[harness.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def stack(harness: ProviderHarness, shared_stacks: Callable[[ProviderHarness], LocalStack]) -> LocalStack:
+    """The shared stack of the provider under test."""
+    return shared_stacks(harness)
+
+
+@pytest.fixture(scope="session")
+def docker_stack(
+    harnesses: Callable[[str], ProviderHarness], shared_stacks: Callable[[ProviderHarness], LocalStack]
+) -> LocalStack:
+    """The shared Docker stack, for tests about Docker-only features."""
+    return shared_stacks(harnesses("docker"))
 
 
 @pytest.fixture
-async def client(stack: LocalStack) -> AsyncIterator[Client]:
-    c = Client(stack.address, stack.client_token)
+async def client(stack: LocalStack, harness: ProviderHarness) -> AsyncIterator[Client]:
+    c = Client(stack.address, stack.client_token, provider=harness.name, spec=harness.sandbox_spec())
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+async def docker_rpc(docker_stack: LocalStack) -> AsyncIterator[Client]:
+    """A client of the Docker stack."""
+    c = Client(docker_stack.address, docker_stack.client_token)
     yield c
     await c.close()
 

@@ -18,6 +18,18 @@ from tests.fake_model import MCP_SERVER_SOURCE, FakeModel, Script
 from tests.git_server import GitServer
 from tests.test_coding import collect_task, repo
 
+
+# Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
+@pytest.fixture
+def stack(docker_stack: LocalStack) -> LocalStack:
+    return docker_stack
+
+
+@pytest.fixture
+def client(docker_rpc: Client) -> Client:
+    return docker_rpc
+
+
 # Quotes, backticks, $(...), a newline and non-ASCII: it must reach the model byte for byte and run nothing.
 INSTRUCTION = (
     "Write the file, please: \"quotes\", 'single', $(touch /tmp/pwned-dollar) `touch /tmp/pwned-tick` ; && |\n"

@@ -17,8 +17,7 @@ from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
 from tests.git_server import GitServer
-
-HOST = pb.SandboxSpec(network_mode="host")
+from tests.harness import ProviderHarness
 
 
 def repo(git_server: GitServer, files: dict[str, str] | None = None) -> str:
@@ -27,10 +26,12 @@ def repo(git_server: GitServer, files: dict[str, str] | None = None) -> str:
     return name
 
 
-def shell_task(git_server: GitServer, name: str, instruction: str, **repository: object) -> pb.RunTaskRequest:
+def shell_task(
+    client: Client, git_server: GitServer, name: str, instruction: str, **repository: object
+) -> pb.RunTaskRequest:
     return pb.RunTaskRequest(
-        provider="docker",
-        spec=HOST,
+        provider=client.provider,
+        spec=client.spec,
         repository=pb.RepositorySetup(url=git_server.url(name), token=git_server.token or "", **repository),
         agent=pb.ExecuteAgentRequest(agent="shell", instruction=instruction),
     )
@@ -49,7 +50,7 @@ async def collect_task(stream: AsyncIterator[pb.TaskEvent]) -> tuple[list[pb.Tas
 
 async def create_with_repo(client: Client, git_server: GitServer, name: str, **setup: object) -> pb.Sandbox:
     sandbox = await client.create(
-        spec=HOST, repository=pb.RepositorySetup(url=git_server.url(name), token=git_server.token or "", **setup)
+        repository=pb.RepositorySetup(url=git_server.url(name), token=git_server.token or "", **setup)
     )
     setup_run = await client.attach(sandbox.workspace.setup_execution, Collected())
     assert setup_run.finished is not None
@@ -60,7 +61,7 @@ async def create_with_repo(client: Client, git_server: GitServer, name: str, **s
 async def test_full_task_pushes_the_agents_commit(client: Client, git_server: GitServer) -> None:
     name = repo(git_server)
     instruction = "echo hello > hello.txt && sed -i 's/old/new/' README.md && echo done"
-    request = shell_task(git_server, name, instruction, branch_hint="Greet the world!")
+    request = shell_task(client, git_server, name, instruction, branch_hint="Greet the world!")
     tasks, outputs = await collect_task(client.stub.RunTask(request, metadata=client.metadata))
 
     final = tasks[-1]
@@ -86,7 +87,11 @@ async def test_full_task_pushes_the_agents_commit(client: Client, git_server: Gi
 
 
 async def test_git_token_and_secrets_never_leak(
-    client: Client, git_server: GitServer, stack: LocalStack, docker_client: docker.DockerClient
+    client: Client,
+    git_server: GitServer,
+    stack: LocalStack,
+    docker_client: docker.DockerClient,
+    harness: ProviderHarness,
 ) -> None:
     name = repo(git_server)
     git_server.clear_requests()
@@ -115,8 +120,9 @@ async def test_git_token_and_secrets_never_leak(
         config = await client.run(sandbox.name, ["cat", "/workspace/.git/config"])
         for text in (bytes(config.stdout), out, err):
             assert token.encode() not in text and secret.encode() not in text
-        container = docker_client.containers.get(sandbox.name.rsplit("/", 1)[1])
-        assert token not in str(container.labels) and token not in str(container.attrs["Config"]["Env"])
+        if harness.name == "docker":
+            container = docker_client.containers.get(sandbox.name.rsplit("/", 1)[1])
+            assert token not in str(container.labels) and token not in str(container.attrs["Config"]["Env"])
         assert git_server.requests_exposing(token) == []
         logs = "".join(p.read_text() for p in Path(stack.log_dir or ".").glob("*.log"))  # noqa: ASYNC240
         assert token not in logs and secret not in logs
@@ -137,7 +143,7 @@ async def test_git_token_and_secrets_never_leak(
 )
 async def test_dangerous_repository_urls_are_rejected(client: Client, url: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.create(spec=HOST, repository=pb.RepositorySetup(url=url))
+        await client.create(repository=pb.RepositorySetup(url=url))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "secret" not in (err.value.details() or "")
 
@@ -145,7 +151,7 @@ async def test_dangerous_repository_urls_are_rejected(client: Client, url: str) 
 @pytest.mark.parametrize("branch", ["-delete", "a..b", "has space", "end.lock", "a//b", "@", "x@{1}"])
 async def test_invalid_branch_names_are_rejected(client: Client, git_server: GitServer, branch: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.create(spec=HOST, repository=pb.RepositorySetup(url=git_server.url("x"), branch=branch))
+        await client.create(repository=pb.RepositorySetup(url=git_server.url("x"), branch=branch))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -173,7 +179,7 @@ async def test_empty_repository_gets_a_first_branch(client: Client, git_server: 
     git_server.create_repo(name, None)
     tasks, _ = await collect_task(
         client.stub.RunTask(
-            shell_task(git_server, name, "echo '# New' > README.md", branch="start"), metadata=client.metadata
+            shell_task(client, git_server, name, "echo '# New' > README.md", branch="start"), metadata=client.metadata
         )
     )
     assert tasks[-1].phase == pb.Task.PHASE_SUCCEEDED, tasks[-1].error
@@ -203,11 +209,14 @@ async def test_missing_agent_secret_is_failed_precondition(client: Client, git_s
         await client.delete(sandbox.name)
 
 
-async def test_task_survives_a_lost_stream_and_can_be_reattached(stack: LocalStack, git_server: GitServer) -> None:
-    first = Client(stack.orchestrator_processes[0].address, stack.client_token)
-    second = Client(stack.orchestrator_processes[1].address, stack.client_token)
+async def test_task_survives_a_lost_stream_and_can_be_reattached(
+    stack: LocalStack, harness: ProviderHarness, git_server: GitServer
+) -> None:
+    first = harness.client(stack.orchestrator_processes[0].address, stack.client_token)
+    second = harness.client(stack.orchestrator_processes[1].address, stack.client_token)
+    client = first
     name = repo(git_server)
-    request = shell_task(git_server, name, "sleep 2; echo late > late.txt; echo agent-finished")
+    request = shell_task(client, git_server, name, "sleep 2; echo late > late.txt; echo agent-finished")
     try:
         stream = first.stub.RunTask(request, metadata=first.metadata)
         async for event in stream:
@@ -235,7 +244,7 @@ async def test_batch_runs_every_task_with_a_concurrency_limit(client: Client, gi
     names = [repo(git_server), repo(git_server)]
     instructions = ["echo one > one.txt", "echo two > two.txt"]
     batch = pb.RunTasksRequest(
-        tasks=[shell_task(git_server, n, i) for n in names for i in instructions], max_concurrency=2
+        tasks=[shell_task(client, git_server, n, i) for n in names for i in instructions], max_concurrency=2
     )
     finals: dict[int, pb.Task] = {}
     async for event in client.stub.RunTasks(batch, metadata=client.metadata):
@@ -254,8 +263,8 @@ async def test_unknown_agent_is_invalid(client: Client, git_server: GitServer) -
         await collect_task(
             client.stub.RunTask(
                 pb.RunTaskRequest(
-                    provider="docker",
-                    spec=HOST,
+                    provider=client.provider,
+                    spec=client.spec,
                     repository=pb.RepositorySetup(url=git_server.url("x")),
                     agent=pb.ExecuteAgentRequest(agent="nope", instruction="x"),
                 ),
@@ -266,11 +275,11 @@ async def test_unknown_agent_is_invalid(client: Client, git_server: GitServer) -
 
 
 async def test_reattach_to_a_running_agent_after_killing_its_provider(
-    make_stack: Callable[..., LocalStack], git_server: GitServer
+    make_stack: Callable[..., LocalStack], harness: ProviderHarness, git_server: GitServer
 ) -> None:
-    stack_a, stack_b = make_stack(SANDBOX_GIT_ALLOW_HTTP="true"), make_stack(SANDBOX_GIT_ALLOW_HTTP="true")
-    a = Client(stack_a.address, stack_a.client_token)
-    b = Client(stack_b.address, stack_b.client_token)
+    stack_a, stack_b = make_stack(harness), make_stack(harness)
+    a = harness.client(stack_a.address, stack_a.client_token)
+    b = harness.client(stack_b.address, stack_b.client_token)
     sandbox = await create_with_repo(a, git_server, repo(git_server))
     script = "for i in $(seq 1 30); do echo step $i; sleep 0.1; done; echo result > result.txt"
     try:
@@ -307,7 +316,7 @@ async def test_dependencies_are_detected_and_installed(client: Client, git_serve
         "requirements.txt": "# no third-party packages\n",
     }
     sandbox = await client.create(
-        spec=HOST,
+        spec=client.spec,
         repository=pb.RepositorySetup(
             url=git_server.url(repo(git_server, files)), token=git_server.token or "", install_dependencies=True
         ),

@@ -12,24 +12,16 @@ import pytest
 
 from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
+from tests.harness import ProviderHarness
 
 
-async def test_create_get_list_run_delete(client: Client, docker_client: docker.DockerClient) -> None:
-    created = await client.create(
-        labels={"team": "payments", "purpose": "lifecycle"},
-        spec=pb.SandboxSpec(network_mode="host", milli_cpus=500, memory_bytes=256 << 20, pids_limit=128),
-    )
-    assert created.name.startswith("providers/docker/sandboxes/sbx-")
+async def test_create_get_list_run_delete(
+    client: Client, harness: ProviderHarness, docker_client: docker.DockerClient
+) -> None:
+    created = await client.create(labels={"team": "payments", "purpose": "lifecycle"})
+    assert created.name.startswith(f"providers/{harness.name}/sandboxes/")
     assert created.state == pb.Sandbox.STATE_RUNNING
-    assert created.spec.image == "sandbox-base:bookworm-2"
     assert created.expire_time.seconds > created.create_time.seconds
-
-    native_id = created.name.rsplit("/", 1)[1]
-    container = docker_client.containers.get(native_id)
-    assert container.status == "running"
-    assert container.attrs["HostConfig"]["NanoCpus"] == 500_000_000
-    assert container.attrs["HostConfig"]["Memory"] == 256 << 20
-    assert container.attrs["HostConfig"]["PidsLimit"] == 128
 
     fetched = await client.get(created.name)
     assert fetched.labels == {"team": "payments", "purpose": "lifecycle"}
@@ -52,13 +44,28 @@ async def test_create_get_list_run_delete(client: Client, docker_client: docker.
     assert execution.end_time.ToNanoseconds() >= execution.start_time.ToNanoseconds() > 0
 
     await client.delete(created.name)
-    with pytest.raises(docker.errors.NotFound):
-        docker_client.containers.get(native_id)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.get(created.name)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     # Deleting again succeeds: the sandbox is gone, which is what the caller wants.
     await client.delete(created.name)
+
+
+async def test_docker_resources_and_container_lifecycle(docker_rpc: Client, docker_client: docker.DockerClient) -> None:
+    created = await docker_rpc.create(
+        spec=pb.SandboxSpec(network_mode="host", milli_cpus=500, memory_bytes=256 << 20, pids_limit=128)
+    )
+    assert created.name.startswith("providers/docker/sandboxes/sbx-")
+    assert created.spec.image == "sandbox-base:bookworm-2"
+    native_id = created.name.rsplit("/", 1)[1]
+    container = docker_client.containers.get(native_id)
+    assert container.status == "running"
+    assert container.attrs["HostConfig"]["NanoCpus"] == 500_000_000
+    assert container.attrs["HostConfig"]["Memory"] == 256 << 20
+    assert container.attrs["HostConfig"]["PidsLimit"] == 128
+    await docker_rpc.delete(created.name)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(native_id)
 
 
 async def test_env_working_dir_and_success(client: Client, sandbox: str) -> None:

@@ -26,6 +26,17 @@ from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
 
 
+# Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
+@pytest.fixture
+def stack(docker_stack: LocalStack) -> LocalStack:
+    return docker_stack
+
+
+@pytest.fixture
+def client(docker_rpc: Client) -> Client:
+    return docker_rpc
+
+
 async def _health(address: str, service: str) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))

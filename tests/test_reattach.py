@@ -11,6 +11,7 @@ import pytest
 from orchestrator.local_stack import LocalStack
 from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
+from tests.harness import ProviderHarness
 
 LINES = 40
 SCRIPT = f'for i in $(seq 1 {LINES}); do echo "line $i"; echo "err $i" >&2; sleep 0.1; done; exit 3'
@@ -42,11 +43,13 @@ def _assert_complete(collected: Collected) -> None:
     assert collected.finished.exit_code == 3
 
 
-async def test_reattach_through_another_provider_replica(make_stack: Callable[..., LocalStack]) -> None:
-    # Two independent paths to the same Docker engine: orchestrator A -> provider A, B -> B.
-    stack_a, stack_b = make_stack(), make_stack()
-    a = Client(stack_a.address, stack_a.client_token)
-    b = Client(stack_b.address, stack_b.client_token)
+async def test_reattach_through_another_provider_replica(
+    make_stack: Callable[..., LocalStack], harness: ProviderHarness
+) -> None:
+    # Two independent paths to the same backend: orchestrator A -> provider A, B -> B.
+    stack_a, stack_b = make_stack(harness), make_stack(harness)
+    a = harness.client(stack_a.address, stack_a.client_token)
+    b = harness.client(stack_b.address, stack_b.client_token)
     sandbox = (await a.create()).name
     try:
         collected = Collected()
@@ -63,10 +66,12 @@ async def test_reattach_through_another_provider_replica(make_stack: Callable[..
         await b.close()
 
 
-async def test_reattach_through_another_orchestrator_replica(make_stack: Callable[..., LocalStack]) -> None:
-    stack = make_stack(providers=1, orchestrators=2)
-    first = Client(stack.orchestrator_processes[0].address, stack.client_token)
-    second = Client(stack.orchestrator_processes[1].address, stack.client_token)
+async def test_reattach_through_another_orchestrator_replica(
+    make_stack: Callable[..., LocalStack], harness: ProviderHarness
+) -> None:
+    stack = make_stack(harness, providers=1, orchestrators=2)
+    first = harness.client(stack.orchestrator_processes[0].address, stack.client_token)
+    second = harness.client(stack.orchestrator_processes[1].address, stack.client_token)
     sandbox = (await second.create()).name
     try:
         collected = Collected()

@@ -8,9 +8,22 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from orchestrator.local_stack import LocalStack
 from tests.client import Client
 from tests.git_server import GitServer
+
+
+# Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
+@pytest.fixture
+def stack(docker_stack: LocalStack) -> LocalStack:
+    return docker_stack
+
+
+@pytest.fixture
+def client(docker_rpc: Client) -> Client:
+    return docker_rpc
 
 
 def sandboxctl(
