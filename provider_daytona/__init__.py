@@ -1,0 +1,1 @@
+"""The daytona provider: a driver for the shared provider kit."""

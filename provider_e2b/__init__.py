@@ -1,0 +1,1 @@
+"""The e2b provider: a driver for the shared provider kit."""

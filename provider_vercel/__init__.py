@@ -1,0 +1,1 @@
+"""The vercel provider: a driver for the shared provider kit."""
