@@ -9,6 +9,8 @@ its harness here.
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -59,7 +61,30 @@ class DockerHarness(ProviderHarness):
         return {"SANDBOX_DOCKER_OWNER": self.owner, "SANDBOX_DOCKER_NETWORK_MODES": "host,none"}
 
 
-HARNESSES: dict[str, type[ProviderHarness]] = {"docker": DockerHarness}
+# Cloud providers run against local emulators of their APIs; each one's harness lives with its emulator and
+# joins the suite as soon as that module exists.
+_EMULATED = {
+    "e2b": "tests.emulators.e2b.harness:E2BHarness",
+    "daytona": "tests.emulators.daytona.harness:DaytonaHarness",
+    "vercel": "tests.emulators.vercel.harness:VercelHarness",
+}
+
+
+def _load(path: str) -> type[ProviderHarness] | None:
+    module, _, name = path.partition(":")
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        found = None
+    if found is None:
+        return None
+    harness: type[ProviderHarness] = getattr(importlib.import_module(module), name)
+    return harness
+
+
+HARNESSES: dict[str, type[ProviderHarness]] = {"docker": DockerHarness} | {
+    name: harness for name, path in _EMULATED.items() if (harness := _load(path)) is not None
+}
 
 
 def selected_providers() -> list[str]:
