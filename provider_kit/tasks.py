@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import logging
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from provider_kit.names import ExecutionName, SandboxName, parse_execution_name
 from provider_kit.workspace import commit_message
 from sandbox.v1 import sandbox_pb2
 
+log = logging.getLogger(__name__)
 Task = sandbox_pb2.Task
 TaskEvent = sandbox_pb2.TaskEvent
 TASK_FILE = "/tmp/.sandbox-executions/task.json"
@@ -159,6 +162,13 @@ class Tasks:
             task.phase = Task.PHASE_FAILED
             task.error = err.message if isinstance(err, ApiError) else str(err)
             await self._save(name, state)
+            emit(TaskEvent(task=task))
+        except Exception:
+            # The task must still end with a final state; the details stay in the log.
+            log.exception("task driver failed", extra={"task": task.name})
+            task.phase, task.error = Task.PHASE_FAILED, "internal error while driving the task"
+            with contextlib.suppress(Exception):
+                await self._save(name, state)
             emit(TaskEvent(task=task))
         if listening() and not state.keep_sandbox:
             await self._driver.delete(name.native_id)
