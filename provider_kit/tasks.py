@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
