@@ -17,7 +17,7 @@ from sandbox.v1 import sandbox_pb2_grpc
 async def run(settings: OrchestratorSettings) -> None:
     router = Router(settings)
     servicer = OrchestratorServicer(
-        router, TenantTokens(settings.tenant_token_map()), settings.provider_token.get_secret_value()
+        router, TenantTokens(settings.tenant_token_map()), settings.outgoing_provider_token()
     )
 
     async def always_ready() -> bool:

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from provider_kit.auth import parse_tenant_tokens
 from provider_kit.names import PROVIDER_RE
-from provider_kit.settings import ServerSettings
+from provider_kit.settings import ServerSettings, check_provider_token, split_list
 
 
 class OrchestratorSettings(ServerSettings):
@@ -21,8 +21,14 @@ class OrchestratorSettings(ServerSettings):
     # Client tokens, "token=tenant" entries separated by commas or newlines; or a file holding them.
     tenant_tokens: SecretStr = SecretStr("")
     tenant_tokens_file: Path | None = None
-    # The credential presented to providers.
+    # The credential presented to providers (the first, if several are listed for a rotation).
     provider_token: SecretStr
+
+    _check_token = field_validator("provider_token")(classmethod(lambda cls, v: check_provider_token(v)))
+
+    def outgoing_provider_token(self) -> str:
+        return split_list(self.provider_token.get_secret_value())[0]
+
     # CA bundle to verify providers' TLS certificates; plaintext when unset.
     provider_tls_ca_file: Path | None = None
 

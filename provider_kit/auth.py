@@ -33,9 +33,12 @@ def tokens_equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def provider_caller_tenant(context: grpc.aio.ServicerContext[Any, Any], provider_token: str) -> str:
-    """The tenant a provider call acts for; UNAUTHENTICATED unless the orchestrator's token is presented."""
-    if not tokens_equal(bearer_token(context), provider_token):
+def provider_caller_tenant(context: grpc.aio.ServicerContext[Any, Any], accepted_tokens: list[str]) -> str:
+    """The tenant a provider call acts for; UNAUTHENTICATED unless one of the orchestrator's tokens is presented
+    (several are accepted during a rotation)."""
+    given = bearer_token(context)
+    # Compare with every token, so the time taken does not tell which one (if any) matched.
+    if not given or sum(tokens_equal(given, token) for token in accepted_tokens) == 0:
         raise unauthenticated("BAD_CREDENTIALS", "this provider accepts only calls from the orchestrator")
     tenant = metadata_value(context, TENANT_HEADER)
     if not TENANT_RE.fullmatch(tenant):

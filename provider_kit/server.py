@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
 
 from provider_kit.driver import Driver
 from provider_kit.logs import setup_logging
@@ -147,6 +148,15 @@ async def serve_provider(driver: Driver, settings: ProviderSettings) -> None:
 
 
 def exit_on_bad_settings(error: Exception) -> None:
-    """Settings errors name the variable to fix; print them plainly and exit non-zero."""
-    print(f"configuration error: {error}", file=sys.stderr)
+    """Settings errors name the variable to fix; print them plainly (never the offending value, which may be
+    a secret) and exit non-zero."""
+    if isinstance(error, ValidationError):
+        problems = [
+            f"SANDBOX_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        message = "; ".join(problems)
+    else:
+        message = str(error)
+    print(f"configuration error: {message}", file=sys.stderr)
     raise SystemExit(2)

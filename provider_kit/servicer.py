@@ -56,14 +56,14 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
     def __init__(self, driver: Driver, settings: ProviderSettings) -> None:
         self._driver = driver
         self._settings = settings
-        self._token = settings.provider_token.get_secret_value()
+        self._tokens = settings.accepted_provider_tokens()
         self._executions = Executions(driver, settings.stream_keepalive_seconds)
         self._tenant_cache: dict[str, str] = {}
         self._coding = Coding(driver, self._executions, settings)
         self._tasks = Tasks(driver, self._executions, self._coding)
 
     def _tenant(self, context: Context) -> str:
-        return provider_caller_tenant(context, self._token)
+        return provider_caller_tenant(context, self._tokens)
 
     def _check_provider(self, provider: str) -> None:
         if provider != self._driver.name:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,8 +24,16 @@ class ServerSettings(BaseSettings):
 
 
 class ProviderSettings(ServerSettings):
-    # The credential the orchestrator presents; providers refuse every other caller.
+    # The credential the orchestrator presents; providers refuse every other caller. Comma-separated tokens
+    # are all accepted, so a token can be rotated without downtime (add the new one, switch the orchestrator,
+    # drop the old one).
     provider_token: SecretStr
+
+    _check_token = field_validator("provider_token")(classmethod(lambda cls, v: check_provider_token(v)))
+
+    def accepted_provider_tokens(self) -> list[str]:
+        return split_list(self.provider_token.get_secret_value())
+
     stream_keepalive_seconds: float = 15.0
     default_command_timeout_seconds: float = 1800.0
     max_command_timeout_seconds: float = 86400.0
@@ -38,6 +46,14 @@ class ProviderSettings(ServerSettings):
     # Plain-HTTP and file:// repository URLs are refused unless enabled (tests and local demos use them).
     git_allow_http: bool = False
     git_allow_file_urls: bool = False
+
+
+def check_provider_token(value: SecretStr) -> SecretStr:
+    tokens = split_list(value.get_secret_value())
+    if not tokens or any(len(token) < 16 for token in tokens):
+        # Never echo the value: it is a secret.
+        raise ValueError("SANDBOX_PROVIDER_TOKEN must hold one or more comma-separated tokens of 16+ characters")
+    return value
 
 
 def split_list(value: str) -> list[str]:

@@ -4,7 +4,11 @@ down, and one trace from the orchestrator to the provider."""
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -184,3 +188,43 @@ async def test_one_trace_spans_orchestrator_and_provider(
     traces = {service: trace_id for service, name, trace_id in collector.spans if name == method}
     assert set(traces) == {"orchestrator", "provider_docker"}, collector.spans
     assert traces["orchestrator"] == traces["provider_docker"]
+
+
+async def test_provider_accepts_every_token_of_a_rotation(owner: str) -> None:
+    old, new, wrong = (secrets.token_urlsafe(24) for _ in range(3))
+    provider = ServerProcess(
+        "provider_docker", {"SANDBOX_PROVIDER_TOKEN": f"{new},{old}", "SANDBOX_DOCKER_OWNER": owner}
+    ).start()
+    try:
+        for token, expected in (
+            (old, grpc.StatusCode.OK),
+            (new, grpc.StatusCode.OK),
+            (wrong, grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            direct = Client(provider.address, token, extra_metadata=(("x-sandbox-tenant", "t"),))
+            try:
+                await direct.stub.ListSandboxes(
+                    pb.ListSandboxesRequest(parent="providers/docker"), metadata=direct.metadata
+                )
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as err:
+                code = err.code()
+            finally:
+                await direct.close()
+            assert code == expected
+    finally:
+        provider.stop()
+
+
+def test_bad_settings_are_named_and_never_echoed() -> None:
+    secret = "short-secret"
+    for module, env in (
+        ("provider_docker", {"SANDBOX_PROVIDER_TOKEN": secret}),
+        ("orchestrator", {"SANDBOX_PROVIDER_TOKEN": secret, "SANDBOX_PROVIDERS": "docker=127.0.0.1:1"}),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", module], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        assert "SANDBOX_PROVIDER_TOKEN" in result.stderr
+        assert secret not in result.stderr + result.stdout
