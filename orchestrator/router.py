@@ -41,7 +41,12 @@ class Provider:
         options = channel_options(settings)
         interceptors = client_interceptors()
         if settings.provider_tls_ca_file is not None:
-            credentials = grpc.ssl_channel_credentials(settings.provider_tls_ca_file.read_bytes())
+            cert, key = settings.provider_tls_cert_file, settings.provider_tls_key_file
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=settings.provider_tls_ca_file.read_bytes(),
+                private_key=key.read_bytes() if key else None,
+                certificate_chain=cert.read_bytes() if cert else None,
+            )
             self.channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
         else:
             self.channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

@@ -31,6 +31,9 @@ class OrchestratorSettings(ServerSettings):
 
     # CA bundle to verify providers' TLS certificates; plaintext when unset.
     provider_tls_ca_file: Path | None = None
+    # The orchestrator's client certificate, for providers that require mTLS.
+    provider_tls_cert_file: Path | None = None
+    provider_tls_key_file: Path | None = None
 
     @field_validator("providers")
     @classmethod
