@@ -12,7 +12,7 @@ from provider_kit.agents.catalog import EXECUTION_PREFIX, agent_argv, file_env
 from provider_kit.agents.parsers import LineParser
 from provider_kit.driver import Driver, SandboxRecord
 from provider_kit.errors import failed_precondition, invalid_argument
-from provider_kit.executions import Executions, new_execution_name
+from provider_kit.executions import Executions, new_execution_id
 from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.settings import ProviderSettings
 from sandbox.v1 import sandbox_pb2
@@ -67,7 +67,7 @@ class Coding:
             branch=checked.branch,
             directory=self._settings.workspace_dir,
             # Only the id is known yet; the full name is set once the sandbox exists.
-            setup_execution=new_execution_name(SandboxName("-", "-"), workspace.SETUP_EXECUTION_PREFIX).execution_id,
+            setup_execution=new_execution_id(workspace.SETUP_EXECUTION_PREFIX),
         )
         return checked, planned
 

@@ -49,9 +49,9 @@ def _state_of(status: str, alive: bool) -> tuple[Execution.State.ValueType, int]
     return (Execution.STATE_RUNNING if alive else Execution.STATE_LOST), 0
 
 
-def new_execution_name(sandbox: SandboxName, prefix: str = "") -> ExecutionName:
+def new_execution_id(prefix: str = "") -> str:
     """A fresh execution id; the prefix (such as "agent-claude-") tells later readers what it runs."""
-    return ExecutionName(sandbox, f"{prefix}{uuid.uuid4().hex[:16]}")
+    return f"{prefix}{uuid.uuid4().hex[:16]}"
 
 
 def _with_redaction(
@@ -87,7 +87,7 @@ class Executions:
         """Starts argv detached and streams it: a `started` event, output, keepalives, then `finished`.
 
         secret_env joins env, and its values are redacted from the output inside the sandbox."""
-        name = new_execution_name(sandbox, prefix)
+        name = ExecutionName(sandbox, new_execution_id(prefix))
         start_time = datetime.now(UTC)
         yield ExecutionEvent(
             started=Execution(name=str(name), state=Execution.STATE_RUNNING, start_time=timestamp(start_time))
