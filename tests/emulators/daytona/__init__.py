@@ -1,0 +1,1 @@
+"""A local emulator of Daytona's API (REST + toolbox), backed by Docker containers."""

@@ -1,0 +1,524 @@
+"""A local emulator of the parts of Daytona's REST API and toolbox API that the `daytona` SDK (0.226.1) uses.
+
+Derived from the SDK's generated clients (daytona_api_client_async/api/sandbox_api.py,
+daytona_toolbox_api_client_async/api/process_api.py) and their models, which follow Daytona's public OpenAPI
+specs. Each sandbox is a real Docker container; session commands really run (docker exec) and their output
+really streams over the logs WebSocket, framed the way the daemon frames it (STDOUT_PREFIX b"\\x01\\x01\\x01",
+STDERR_PREFIX b"\\x02\\x02\\x02", daytona/common/process.py).
+
+Routes (API base http://127.0.0.1:PORT/api, toolbox base http://127.0.0.1:PORT/toolbox, which the SDK suffixes
+with /{sandboxId} (daytona/internal/toolbox_api_client_proxy.py)):
+
+  POST   /api/sandbox                       create (409 when the name is taken, as names are unique)
+  GET    /api/sandbox                       list, `labels` is a JSON object, cursor pagination
+  GET    /api/sandbox/{idOrName}            read
+  DELETE /api/sandbox/{idOrName}            destroy
+  GET    /api/sandbox/{id}/toolbox-proxy-url
+  POST   /toolbox/{id}/process/session                     create a session
+  POST   /toolbox/{id}/process/session/{sid}/exec          run a command (runAsync)
+  GET    /toolbox/{id}/process/session/{sid}/command/{cid} the command and its exit code
+  WS     /toolbox/{id}/process/session/{sid}/command/{cid}/logs?follow=true
+  DELETE /toolbox/{id}/process/session/{sid}               kills the session's commands
+
+Faults are injected from the test process with `inject()` (see Fault) and `vanish()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+import docker.errors
+import uvicorn
+from docker.utils.socket import frames_iter
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+OWNER_LABEL = "sandbox.platform/managed-by"
+ID_LABEL = "daytona.emulator/id"
+STDOUT_PREFIX = b"\x01\x01\x01"
+STDERR_PREFIX = b"\x02\x02\x02"
+ORGANIZATION = "org-emulated"
+
+
+@dataclass
+class Fault:
+    """One injected fault. `path` is a regex searched in "METHOD /path" (e.g. "POST /api/sandbox$").
+
+    status: answer with this HTTP status instead of serving the request.
+    delay: sleep this long before serving it.
+    close_ws_after: (logs WebSocket) close with code 1011 after this many output bytes.
+    times: how many matching requests it affects (then it is removed); -1 for all.
+    """
+
+    path: str
+    status: int = 0
+    delay: float = 0.0
+    close_ws_after: int = -1
+    times: int = 1
+    hits: int = 0
+
+
+@dataclass
+class Command:
+    id: str
+    command: str
+    frames: list[tuple[int, bytes]] = field(default_factory=list)
+    exit_code: int | None = None
+    done: bool = False
+    pid: int = 0
+    watchers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def publish(self, frame: tuple[int, bytes] | None, exit_code: int | None = None) -> None:
+        with self.lock:
+            if frame is not None:
+                self.frames.append(frame)
+            else:
+                self.exit_code = exit_code
+                self.done = True
+            watchers = list(self.watchers)
+        for loop, event in watchers:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+
+@dataclass
+class Sandbox:
+    dto: dict[str, Any]
+    container: str
+    sessions: dict[str, dict[str, Command]] = field(default_factory=dict)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    # The shape of Daytona's error envelope (statusCode/message/error), parsed by daytona/_utils/errors.py.
+    names = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict", 429: "Too Many Requests"}
+    return JSONResponse(
+        {"statusCode": status, "message": message, "error": names.get(status, "Internal Server Error")},
+        status_code=status,
+    )
+
+
+class DaytonaEmulator:
+    def __init__(self, owner: str, docker_client: docker.DockerClient, api_key: str = "emulated-daytona-key") -> None:
+        self.owner = owner
+        self.api_key = api_key
+        self._docker = docker_client.api
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self.requests: list[str] = []
+
+    # ----- test-side API -----
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def inject(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def vanish(self, sandbox_id: str) -> None:
+        """The sandbox disappears behind the API's back (its container removed, its record dropped)."""
+        with self._lock:
+            sandbox = self._sandboxes.pop(sandbox_id, None)
+        if sandbox is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._docker.remove_container(sandbox.container, force=True)
+
+    def sandbox_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sandboxes)
+
+    def sandbox(self, sandbox_id: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._sandboxes[sandbox_id].dto)
+
+    def session_commands(self, sandbox_id: str) -> list[str]:
+        """Every command string still held in the sandbox's sessions."""
+        with self._lock:
+            sandbox = self._sandboxes.get(sandbox_id)
+            return [c.command for s in (sandbox.sessions.values() if sandbox else []) for c in s.values()]
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app(), log_level="warning", ws_max_size=64 << 20, ws_ping_interval=None)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Daytona emulator did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for sandbox_id in self.sandbox_ids():
+            self.vanish(sandbox_id)
+
+    # ----- the app -----
+
+    def app(self) -> ASGIApp:
+        routes = [
+            Route("/api/sandbox", self._create, methods=["POST"]),
+            Route("/api/sandbox", self._list, methods=["GET"]),
+            Route("/api/sandbox/{sid}", self._get, methods=["GET"]),
+            Route("/api/sandbox/{sid}", self._delete, methods=["DELETE"]),
+            Route("/api/sandbox/{sid}/toolbox-proxy-url", self._proxy_url, methods=["GET"]),
+            Route("/toolbox/{sid}/process/session", self._create_session, methods=["POST"]),
+            Route("/toolbox/{sid}/process/session/{session}", self._delete_session, methods=["DELETE"]),
+            Route("/toolbox/{sid}/process/session/{session}/exec", self._exec, methods=["POST"]),
+            Route("/toolbox/{sid}/process/session/{session}/command/{cmd}", self._command, methods=["GET"]),
+            WebSocketRoute("/toolbox/{sid}/process/session/{session}/command/{cmd}/logs", self._logs),
+        ]
+        return self._middleware(Starlette(routes=routes))
+
+    def _match_fault(self, what: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if re.search(fault.path, what):
+                    fault.hits += 1
+                    if fault.times > 0:
+                        fault.times -= 1
+                        if fault.times == 0:
+                            self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _middleware(self, app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] not in ("http", "websocket"):
+                await app(scope, receive, send)
+                return
+            method = scope.get("method", "WS")
+            what = f"{method} {scope['path']}"
+            self.requests.append(what)
+            headers = dict(scope.get("headers") or [])
+            authorized = headers.get(b"authorization", b"").decode() == f"Bearer {self.api_key}"
+            fault = self._match_fault(what)
+            if fault is not None and fault.delay:
+                await asyncio.sleep(fault.delay)
+            if scope["type"] == "http":
+                if not authorized:
+                    await _error(401, "Invalid API key")(scope, receive, send)
+                    return
+                if fault is not None and fault.status:
+                    await _error(fault.status, "injected fault")(scope, receive, send)
+                    return
+            else:
+                scope.setdefault("state", {})["fault"] = fault
+                scope["state"]["authorized"] = authorized
+            await app(scope, receive, send)
+
+        return wrapped
+
+    def _find(self, sid: str) -> Sandbox | None:
+        with self._lock:
+            found = self._sandboxes.get(sid)
+            if found is None:
+                found = next((s for s in self._sandboxes.values() if s.dto["name"] == sid), None)
+            return found
+
+    async def _create(self, request: Request) -> Response:
+        body = await request.json()
+        sid = str(uuid.uuid4())
+        name = body.get("name") or sid
+        labels = body.get("labels") or {}
+        if body.get("snapshot"):
+            image = body["snapshot"]
+        elif body.get("buildInfo"):
+            # The SDK sends an image as the Dockerfile "FROM <image>" (daytona/common/image.py).
+            found = re.search(r"^FROM\s+(\S+)", body["buildInfo"].get("dockerfileContent", ""), re.M)
+            image = found.group(1) if found else ""
+        else:
+            image = "sandbox-base:bookworm-2"
+        cpu, memory, disk = int(body.get("cpu") or 1), int(body.get("memory") or 1), int(body.get("disk") or 3)
+        dto: dict[str, Any] = {
+            "id": sid,
+            "organizationId": ORGANIZATION,
+            "name": name,
+            "snapshot": body.get("snapshot"),
+            "user": body.get("user") or "root",
+            "env": body.get("env") or {},
+            "labels": labels,
+            "public": bool(body.get("public")),
+            "networkBlockAll": bool(body.get("networkBlockAll")),
+            "kvm": False,
+            "target": body.get("target") or "us",
+            "cpu": cpu,
+            "gpu": 0,
+            "memory": memory,
+            "disk": disk,
+            "state": "started",
+            "desiredState": "started",
+            "autoStopInterval": body.get("autoStopInterval", 15),
+            "autoArchiveInterval": body.get("autoArchiveInterval", 10080),
+            "autoDeleteInterval": body.get("autoDeleteInterval", -1),
+            "createdAt": _now(),
+            "updatedAt": _now(),
+            "toolboxProxyUrl": f"http://127.0.0.1:{self.port}/toolbox",
+        }
+        if body.get("ttlMinutes"):
+            dto["autoDestroyAt"] = datetime.fromtimestamp(time.time() + 60 * body["ttlMinutes"], UTC).isoformat()
+        with self._lock:
+            if any(s.dto["name"] == name for s in self._sandboxes.values()):
+                return _error(409, f"Sandbox with name {name} already exists")
+            # Reserve the name before the (slow) container creation so concurrent creates conflict.
+            self._sandboxes[sid] = Sandbox(dto={**dto, "state": "creating"}, container="")
+        try:
+            container = await asyncio.to_thread(self._start_container, sid, image, dto, cpu, memory)
+        except docker.errors.ImageNotFound:
+            with self._lock:
+                self._sandboxes.pop(sid, None)
+            return _error(404, f"Snapshot {image} not found")
+        except BaseException:
+            with self._lock:
+                self._sandboxes.pop(sid, None)
+            raise
+        with self._lock:
+            deleted = sid not in self._sandboxes  # deleted while it was being created
+            if not deleted:
+                self._sandboxes[sid] = Sandbox(dto=dto, container=container)
+        if deleted:
+            await asyncio.to_thread(self._docker.remove_container, container, force=True)
+            return _error(404, "Sandbox not found")
+        return JSONResponse(dto)
+
+    def _start_container(self, sid: str, image: str, dto: dict[str, Any], cpu: int, memory: int) -> str:
+        host_config = self._docker.create_host_config(
+            init=True,
+            network_mode="none" if dto["networkBlockAll"] else "host",
+            nano_cpus=cpu * 1_000_000_000,
+            mem_limit=memory << 30,
+        )
+        created = self._docker.create_container(
+            image=image,
+            name=f"daytona-emu-{sid[:18]}",
+            labels={OWNER_LABEL: self.owner, ID_LABEL: sid},
+            host_config=host_config,
+            entrypoint=["sleep", "infinity"],
+            command=[],
+            environment=dto["env"],
+            detach=True,
+        )
+        try:
+            self._docker.start(created["Id"])
+        except BaseException:
+            self._docker.remove_container(created["Id"], force=True)
+            raise
+        return str(created["Id"])
+
+    async def _list(self, request: Request) -> Response:
+        wanted = json.loads(request.query_params.get("labels") or "{}")
+        limit = int(request.query_params.get("limit") or 100)
+        cursor = request.query_params.get("cursor") or ""
+        with self._lock:
+            matching = sorted(
+                (s.dto for s in self._sandboxes.values() if s.dto["state"] == "started"),
+                key=lambda d: d["id"],
+            )
+        matching = [d for d in matching if all(d["labels"].get(k) == v for k, v in wanted.items())]
+        page = [d for d in matching if d["id"] > cursor][:limit]
+        next_cursor = page[-1]["id"] if len(page) == limit and page[-1]["id"] != matching[-1]["id"] else None
+        return JSONResponse({"items": page, "nextCursor": next_cursor})
+
+    async def _get(self, request: Request) -> Response:
+        sandbox = self._find(request.path_params["sid"])
+        if sandbox is None or not sandbox.container:
+            return _error(404, f"Sandbox with ID or name {request.path_params['sid']} not found")
+        return JSONResponse(sandbox.dto)
+
+    async def _proxy_url(self, request: Request) -> Response:
+        return JSONResponse({"url": f"http://127.0.0.1:{self.port}/toolbox"})
+
+    async def _delete(self, request: Request) -> Response:
+        sandbox = self._find(request.path_params["sid"])
+        if sandbox is None:
+            return _error(404, f"Sandbox with ID or name {request.path_params['sid']} not found")
+        with self._lock:
+            self._sandboxes.pop(sandbox.dto["id"], None)
+        if sandbox.container:
+            with contextlib.suppress(docker.errors.NotFound):
+                await asyncio.to_thread(self._docker.remove_container, sandbox.container, force=True)
+        return JSONResponse({**sandbox.dto, "state": "destroyed", "desiredState": "destroyed"})
+
+    # ----- toolbox: sessions -----
+
+    def _toolbox(self, request: Request) -> Sandbox | Response:
+        sandbox = self._find(request.path_params["sid"])
+        if sandbox is None or not sandbox.container:
+            return _error(404, "sandbox not found")
+        return sandbox
+
+    async def _create_session(self, request: Request) -> Response:
+        sandbox = self._toolbox(request)
+        if isinstance(sandbox, Response):
+            return sandbox
+        session_id = (await request.json())["sessionId"]
+        with self._lock:
+            if session_id in sandbox.sessions:
+                return _error(409, f"session {session_id} already exists")
+            sandbox.sessions[session_id] = {}
+        return Response(status_code=201)
+
+    async def _delete_session(self, request: Request) -> Response:
+        sandbox = self._toolbox(request)
+        if isinstance(sandbox, Response):
+            return sandbox
+        with self._lock:
+            commands = sandbox.sessions.pop(request.path_params["session"], None)
+        if commands is None:
+            return _error(404, "session not found")
+        # Like the daemon, deleting a session ends its processes (detached ones in their own session survive).
+        for command in commands.values():
+            if not command.done and command.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(command.pid, signal.SIGKILL)
+        return Response(status_code=204)
+
+    async def _exec(self, request: Request) -> Response:
+        sandbox = self._toolbox(request)
+        if isinstance(sandbox, Response):
+            return sandbox
+        body = await request.json()
+        with self._lock:
+            session = sandbox.sessions.get(request.path_params["session"])
+        if session is None:
+            return _error(404, "session not found")
+        command = Command(id=str(uuid.uuid4()), command=body["command"])
+        try:
+            exec_id = await asyncio.to_thread(
+                self._docker.exec_create,
+                sandbox.container,
+                # An exec'd process leads its own process group, so deleting the session can end it all.
+                ["bash", "-c", body["command"]],
+                stdout=True,
+                stderr=True,
+            )
+        except docker.errors.NotFound:
+            return _error(404, "sandbox not found")
+        session[command.id] = command
+        started = threading.Event()
+        threading.Thread(target=self._pump, args=(exec_id["Id"], command, started), daemon=True).start()
+        await asyncio.to_thread(started.wait, 10)
+        if body.get("runAsync") or body.get("async"):
+            return JSONResponse({"cmdId": command.id})
+        loop, wake = asyncio.get_running_loop(), asyncio.Event()
+        with command.lock:
+            command.watchers.append((loop, wake))
+        while not command.done:
+            await wake.wait()
+            wake.clear()
+        out = b"".join(d for fd, d in command.frames if fd == 1).decode(errors="replace")
+        err = b"".join(d for fd, d in command.frames if fd == 2).decode(errors="replace")
+        return JSONResponse(
+            {"cmdId": command.id, "exitCode": command.exit_code, "output": out + err, "stdout": out, "stderr": err}
+        )
+
+    def _pump(self, exec_id: str, command: Command, started: threading.Event) -> None:
+        code: int | None = None
+        try:
+            sock = self._docker.exec_start(exec_id, socket=True)
+            for _ in range(100):
+                command.pid = int(self._docker.exec_inspect(exec_id).get("Pid") or 0)
+                if command.pid:
+                    break
+                time.sleep(0.01)
+            started.set()
+            for fd, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+                command.publish((fd, data))
+            sock.close()
+            code = self._docker.exec_inspect(exec_id).get("ExitCode")
+        except Exception:
+            code = -1
+        finally:
+            started.set()
+            command.publish(None, code if code is not None else -1)
+
+    async def _command(self, request: Request) -> Response:
+        sandbox = self._toolbox(request)
+        if isinstance(sandbox, Response):
+            return sandbox
+        command = sandbox.sessions.get(request.path_params["session"], {}).get(request.path_params["cmd"])
+        if command is None:
+            return _error(404, "command not found")
+        body: dict[str, Any] = {"id": command.id, "command": command.command}
+        if command.done:
+            body["exitCode"] = command.exit_code
+        return JSONResponse(body)
+
+    async def _logs(self, websocket: WebSocket) -> None:
+        state = websocket.scope.get("state", {})
+        sandbox = self._find(websocket.path_params["sid"])
+        command = None
+        if sandbox is not None:
+            command = sandbox.sessions.get(websocket.path_params["session"], {}).get(websocket.path_params["cmd"])
+        if not state.get("authorized") or command is None:
+            await websocket.close(code=1008 if not state.get("authorized") else 4404)
+            return
+        fault: Fault | None = state.get("fault")
+        budget = fault.close_ws_after if fault is not None and fault.close_ws_after >= 0 else -1
+        await websocket.accept()
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        with command.lock:
+            command.watchers.append((loop, wake))
+        sent, index = 0, 0
+        try:
+            while True:
+                wake.clear()
+                with command.lock:
+                    frames, done = command.frames[index:], command.done
+                index += len(frames)
+                for fd, data in frames:
+                    if budget >= 0 and sent + len(data) > budget:
+                        await websocket.close(code=1011, reason="injected: stream dropped")
+                        return
+                    await websocket.send_bytes((STDOUT_PREFIX if fd == 1 else STDERR_PREFIX) + data)
+                    sent += len(data)
+                if done and not frames:
+                    await websocket.close(code=1000)
+                    return
+                if not frames:
+                    await wake.wait()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        finally:
+            with command.lock:
+                command.watchers.remove((loop, wake))
