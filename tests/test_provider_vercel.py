@@ -1,0 +1,205 @@
+"""Vercel-specific behaviour through the orchestrator: faults injected in the emulator of Vercel's API reach the
+client as the documented status codes, and no test leaves a sandbox behind in the emulator."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import grpc
+import pytest
+
+from orchestrator.local_stack import LocalStack
+from provider_kit.errors import error_info
+from sandbox.v1 import sandbox_pb2 as pb
+from tests.client import Client
+from tests.emulators.vercel.harness import VercelHarness
+from tests.emulators.vercel.server import Emulator
+from tests.harness import HARNESSES, ProviderHarness
+
+pytestmark = pytest.mark.skipif("vercel" not in HARNESSES, reason="the Vercel harness is not available")
+
+
+@pytest.fixture(scope="module")
+def vercel(harnesses: Callable[[str], ProviderHarness]) -> VercelHarness:
+    harness = harnesses("vercel")
+    assert isinstance(harness, VercelHarness)
+    return harness
+
+
+@pytest.fixture(autouse=True)
+def emulator(vercel: VercelHarness) -> Iterator[Emulator]:
+    """Every test starts without faults and must leave no sandbox in the emulator."""
+    vercel.emulator.clear_faults()
+    yield vercel.emulator
+    vercel.emulator.clear_faults()
+    leftovers = vercel.emulator.live_sandboxes()
+    vercel.emulator.destroy_all()
+    assert leftovers == [], f"test leaked sandboxes in the emulator: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def fault_stack(vercel: VercelHarness, make_stack: Callable[..., LocalStack]) -> LocalStack:
+    # A short request timeout makes slow responses fail fast.
+    return make_stack(vercel, SANDBOX_VERCEL_REQUEST_TIMEOUT_SECONDS="2")
+
+
+@pytest.fixture
+async def rpc(vercel: VercelHarness, fault_stack: LocalStack) -> AsyncIterator[Client]:
+    c = vercel.client(fault_stack.address, fault_stack.client_token)
+    yield c
+    await c.close()
+
+
+async def _fails(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    return err.value
+
+
+def _reason(err: grpc.aio.AioRpcError) -> str:
+    info = error_info(err)
+    return info.reason if info else ""
+
+
+async def test_server_errors_on_create_are_unavailable(rpc: Client, emulator: Emulator) -> None:
+    emulator.inject(method="POST", path="^/v3/sandboxes$", status=503)
+    err = await _fails(rpc.create())
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert _reason(err) == "VERCEL_UNAVAILABLE"
+    assert "Traceback" not in (err.details() or "")
+
+
+async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: Emulator) -> None:
+    emulator.inject(method="POST", path="^/v3/sandboxes$", status=429)
+    err = await _fails(rpc.create())
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _reason(err) == "VERCEL_RATE_LIMITED"
+
+
+async def test_transient_errors_on_reads_are_retried(rpc: Client, emulator: Emulator) -> None:
+    created = await rpc.create()
+    try:
+        emulator.inject(method="GET", path="^/v2/sandboxes/sbx-", status=502, times=2)
+        fetched = await rpc.get(created.name)
+        assert fetched.name == created.name
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_slow_responses_past_the_timeout_are_unavailable(rpc: Client, emulator: Emulator) -> None:
+    created = await rpc.create()
+    try:
+        # Slower than the 2 s request timeout on every attempt; a read is retried, then given up.
+        emulator.inject(method="GET", path="^/v2/sandboxes/sbx-", delay=3.0, times=3)
+        err = await _fails(rpc.get(created.name))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        # Slow but within the timeout is fine.
+        emulator.clear_faults()
+        emulator.inject(method="GET", path="^/v2/sandboxes/sbx-", delay=0.5)
+        assert (await rpc.get(created.name)).state == pb.Sandbox.STATE_RUNNING
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_vanished_sandbox_is_not_found(rpc: Client, emulator: Emulator) -> None:
+    created = await rpc.create()
+    emulator.vanish(created.name.rsplit("/", 1)[1])
+    err = await _fails(rpc.get(created.name))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert _reason(err) == "SANDBOX_NOT_FOUND"
+    err = await _fails(rpc.run(created.name, ["true"]))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    await rpc.delete(created.name)  # already gone: deleting succeeds
+
+
+async def test_sandbox_vanishing_mid_stream_is_reported(rpc: Client, emulator: Emulator) -> None:
+    created = await rpc.create()
+    stream = rpc.run_stream(created.name, ["sh", "-c", "echo started; sleep 60"])
+    async for event in stream:
+        if event.WhichOneof("event") == "output":
+            break
+    emulator.vanish(created.name.rsplit("/", 1)[1])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stream:
+            pass
+    assert err.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+    await rpc.delete(created.name)
+
+
+async def test_dropped_log_stream_is_resumed_without_loss(rpc: Client, emulator: Emulator) -> None:
+    created = await rpc.create()
+    try:
+        # The first log connection breaks after 3000 bytes; the SDK reconnects and skips what it delivered.
+        emulator.inject(method="GET", path="/cmd/[^/]+/logs$", drop_after_bytes=3000)
+        script = "for i in $(seq 1 2000); do echo line $i; done; echo bye >&2"
+        result = await rpc.run(created.name, ["sh", "-c", script])
+        assert bytes(result.stdout) == b"".join(b"line %d\n" % i for i in range(1, 2001))
+        assert bytes(result.stderr) == b"bye\n"
+        assert result.finished is not None and result.finished.state == pb.Execution.STATE_SUCCEEDED
+        assert any(f.hits for f in emulator.faults)
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_rejected_api_key_is_failed_precondition(
+    vercel: VercelHarness, make_stack: Callable[..., LocalStack]
+) -> None:
+    stack = make_stack(vercel, VERCEL_TOKEN="not-the-right-token")
+    c = vercel.client(stack.address, stack.client_token)
+    try:
+        for call in (c.create(), c.get("providers/vercel/sandboxes/sbx-any")):
+            err = await _fails(call)
+            # Never UNAUTHENTICATED: that code is about the client's own credential.
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert _reason(err) == "PROVIDER_AUTH_FAILED"
+    finally:
+        await c.close()
+
+
+async def test_unreachable_api_is_unavailable(vercel: VercelHarness, make_stack: Callable[..., LocalStack]) -> None:
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stack = make_stack(vercel, VERCEL_SANDBOX_API_URL=f"http://127.0.0.1:{port}/")
+    c = vercel.client(stack.address, stack.client_token)
+    try:
+        err = await _fails(c.create())
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert _reason(err) == "VERCEL_UNAVAILABLE"
+    finally:
+        await c.close()
+
+
+async def test_tags_hold_the_record_within_vercels_limit(rpc: Client, emulator: Emulator) -> None:
+    labels = {f"k{i}": f"value-{i}" for i in range(10)}
+    created = await rpc.create(labels=labels, request_id="tags-1")
+    try:
+        sandbox = emulator.sandboxes[created.name.rsplit("/", 1)[1]]
+        assert len(sandbox.tags) <= 5
+        assert (await rpc.get(created.name)).labels == labels
+        # The session was created to last as long as the sandbox may (the TTL), as Vercel's timeout.
+        assert sandbox.timeout_ms == 3600 * 1000
+        assert not sandbox.env and "SECRET" not in str(sandbox.tags)
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_spec_env_reaches_commands_and_not_tags(rpc: Client, emulator: Emulator) -> None:
+    created = await rpc.create(spec=pb.SandboxSpec(env={"SECRET_VALUE": "s3cr3t"}))
+    try:
+        result = await rpc.run(created.name, ["sh", "-c", 'printf %s "$SECRET_VALUE"'])
+        assert bytes(result.stdout) == b"s3cr3t"
+        assert "s3cr3t" not in str(emulator.sandboxes[created.name.rsplit("/", 1)[1]].tags)
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_unsupported_spec_fields_are_invalid(rpc: Client) -> None:
+    for spec in (
+        pb.SandboxSpec(pids_limit=10),
+        pb.SandboxSpec(network_mode="bridge"),
+        pb.SandboxSpec(milli_cpus=64000),
+    ):
+        err = await _fails(rpc.create(spec=spec))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
