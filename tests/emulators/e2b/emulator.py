@@ -195,12 +195,25 @@ class E2BEmulator:
             self._thread.join(timeout=10)
 
     def _expire_forever(self) -> None:
-        # E2B kills a sandbox when its timeout passes; so does the emulator.
+        # E2B kills a sandbox when its timeout passes; so does the emulator. A sandbox whose container was
+        # removed behind the emulator's back is gone too (as when a node is lost).
         while self._server is not None and not self._server.should_exit:
             now = datetime.now(UTC)
+            # Only sandboxes registered before the listing can be missing from it.
+            try:
+                alive = {
+                    c["Labels"].get(SANDBOX_LABEL)
+                    for c in self._docker.containers(all=True, filters={"label": f"{OWNER_LABEL}={self._owner}"})
+                }
+            except docker.errors.DockerException:
+                alive = None
             with self._lock:
-                expired = [s.sandbox_id for s in self._sandboxes.values() if s.end_at <= now]
-            for sandbox_id in expired:
+                gone = [
+                    s.sandbox_id
+                    for s in self._sandboxes.values()
+                    if s.end_at <= now or (alive is not None and s.sandbox_id not in alive and s.started_at < now)
+                ]
+            for sandbox_id in gone:
                 self._kill(sandbox_id)
             time.sleep(0.5)
 
