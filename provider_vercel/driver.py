@@ -63,7 +63,8 @@ RETRY_BACKOFF_SECONDS = 0.3
 SESSION_MARGIN_SECONDS = 600.0
 SESSION_CHECK_SECONDS = 60.0
 CREATE_CONFLICT_WAIT_SECONDS = 30.0
-QUERY_PAGE_SIZE = 100
+# vercel/sandbox/_internal/pagination.py allows pages of 1 to 50.
+QUERY_PAGE_SIZE = 50
 
 # Runs argv with stdout and stderr on pipes and prints, on its own stdout, one line per chunk read:
 # "1" or "2" then the chunk in base64; finally "x" and the exit code (128+N for a signal).

@@ -50,7 +50,7 @@ DEFAULT_IMAGE = "sandbox-base:bookworm-2"
 MAX_TAGS = 5
 MAX_SESSION_MS = 5 * 3600 * 1000
 DEFAULT_SESSION_MS = 5 * 60 * 1000
-MAX_PAGE = 100
+MAX_PAGE = 50
 
 
 def _now_ms() -> int:
