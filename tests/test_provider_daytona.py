@@ -1,0 +1,228 @@
+"""Daytona-specific behaviour through the orchestrator: every fault the emulator can inject gets the
+documented status code, and no sandbox is left in the emulator after any test."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2
+
+from orchestrator.local_stack import LocalStack
+from provider_kit.errors import error_info
+from sandbox.v1 import sandbox_pb2 as pb
+from tests.client import Client, Collected
+from tests.emulators.daytona.emulator import DaytonaEmulator, Fault
+from tests.harness import ProviderHarness
+
+SANDBOX_PATH = r"^GET /api/sandbox/[^/]+$"
+CREATE_PATH = r"^POST /api/sandbox$"
+LOGS_PATH = r"^WS /toolbox/.*/logs$"
+
+
+@pytest.fixture(scope="module")
+def daytona(harnesses: Callable[[str], ProviderHarness]) -> ProviderHarness:
+    return harnesses("daytona")
+
+
+@pytest.fixture(scope="module")
+def emulator(daytona: ProviderHarness) -> DaytonaEmulator:
+    found: DaytonaEmulator = daytona.emulator  # type: ignore[attr-defined]
+    return found
+
+
+@pytest.fixture(scope="module")
+def daytona_stack(daytona: ProviderHarness, shared_stacks: Callable[[ProviderHarness], LocalStack]) -> LocalStack:
+    return shared_stacks(daytona)
+
+
+@pytest.fixture
+async def rpc(daytona_stack: LocalStack, daytona: ProviderHarness) -> AsyncIterator[Client]:
+    client = daytona.client(daytona_stack.address, daytona_stack.client_token)
+    yield client
+    await client.close()
+
+
+@pytest.fixture(autouse=True)
+def no_sandbox_left(emulator: DaytonaEmulator) -> Iterator[None]:
+    yield
+    emulator.clear_faults()
+    left = emulator.sandbox_ids()
+    for sandbox_id in left:
+        emulator.vanish(sandbox_id)
+    assert not left, f"sandboxes left in the emulator: {left}"
+
+
+def _native(name: str) -> str:
+    return name.rsplit("/", 1)[1]
+
+
+async def _expect(call: object, code: grpc.StatusCode, reason: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    assert err.value.code() == code, err.value.details()
+    info = error_info(err.value)
+    assert info is not None and info.reason == reason, info
+    assert "Traceback" not in (err.value.details() or "")
+
+
+async def test_transient_5xx_on_reads_is_retried(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    try:
+        fault = emulator.inject(Fault(SANDBOX_PATH, status=503, times=2))
+        assert (await rpc.get(created.name)).state == pb.Sandbox.STATE_RUNNING
+        assert fault.hits == 2
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_persistent_5xx_is_unavailable(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    try:
+        emulator.inject(Fault(SANDBOX_PATH, status=502, times=-1))
+        await _expect(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        emulator.clear_faults()
+        # Creation is not idempotent without a request id, so a failed create is never retried blindly.
+        emulator.inject(Fault(CREATE_PATH, status=500, times=1))
+        await _expect(rpc.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: DaytonaEmulator) -> None:
+    fault = emulator.inject(Fault(CREATE_PATH, status=429, times=1))
+    await _expect(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "DAYTONA_RATE_LIMITED")
+    assert fault.hits == 1
+
+
+async def test_rejected_api_key_is_failed_precondition(
+    make_stack: Callable[..., LocalStack], daytona: ProviderHarness
+) -> None:
+    stack = make_stack(daytona, DAYTONA_API_KEY="not-the-key-daytona-knows")
+    client = daytona.client(stack.address, stack.client_token)
+    try:
+        # Never UNAUTHENTICATED: that would tell the client its own credential is wrong.
+        await _expect(client.create(), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
+    finally:
+        await client.close()
+        stack.stop()
+
+
+async def test_unreachable_api_is_unavailable(make_stack: Callable[..., LocalStack], daytona: ProviderHarness) -> None:
+    stack = make_stack(daytona, DAYTONA_API_URL="http://127.0.0.1:9/api")
+    client = daytona.client(stack.address, stack.client_token)
+    try:
+        await _expect(client.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await _expect(client.get("providers/daytona/sandboxes/abc"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+    finally:
+        await client.close()
+        stack.stop()
+
+
+async def test_vanished_sandbox_is_not_found(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    emulator.vanish(_native(created.name))
+    await _expect(rpc.get(created.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await _expect(rpc.run(created.name, ["true"]), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await rpc.delete(created.name)  # already gone is what the caller wants
+
+
+async def test_slow_responses_do_not_fail_calls(rpc: Client, emulator: DaytonaEmulator) -> None:
+    emulator.inject(Fault(CREATE_PATH, delay=3, times=1))
+    created = await rpc.create()
+    try:
+        emulator.inject(Fault(LOGS_PATH, delay=2, times=1))
+        result = await rpc.run(created.name, ["sh", "-c", "sleep 2; echo late"])
+        assert bytes(result.stdout) == b"late\n"
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_log_stream_dropped_midway_is_unavailable_then_reattaches(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    script = 'for i in $(seq 1 20); do echo "line $i"; sleep 0.05; done'
+    try:
+        emulator.inject(Fault(LOGS_PATH, close_ws_after=40, times=1))
+        collected = Collected()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for event in rpc.run_stream(created.name, ["sh", "-c", script]):
+                collected.add(event)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(err.value)
+        assert info is not None and info.reason == "STREAM_INTERRUPTED"
+        await rpc.attach(collected.name, collected)
+        assert bytes(collected.stdout) == b"".join(b"line %d\n" % i for i in range(1, 21))
+        assert collected.finished is not None and collected.finished.state == pb.Execution.STATE_SUCCEEDED
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_env_is_not_left_in_session_history(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    try:
+        result = await rpc.run(created.name, ["sh", "-c", 'echo "$TOKENISH"'], env={"TOKENISH": "value-123456"})
+        assert bytes(result.stdout) == b"value-123456\n"
+        # Each process gets its own session, deleted when its stream ends, so no command line (which
+        # carries env) stays with the daemon.
+        assert emulator.session_commands(_native(created.name)) == []
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_consumer_leaving_early_ends_the_follower(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    try:
+        stream = rpc.run_stream(created.name, ["sh", "-c", "echo started; sleep 60"])
+        collected = Collected()
+        async for event in stream:
+            collected.add(event)
+            if collected.stdout:
+                break
+        execution_id = collected.name.rsplit("/", 1)[1]
+        native = _native(created.name)
+        assert emulator.session_commands(native)
+        stream.cancel()  # type: ignore[attr-defined]
+        for _ in range(100):
+            if not emulator.session_commands(native):
+                break
+            await asyncio.sleep(0.05)
+        assert emulator.session_commands(native) == []
+        # The execution itself is detached and still runs: only its follower went away.
+        probe = f"ps -eo args | grep -c '^[t]ail .*{execution_id}' || true; ps -eo args | grep -c '^[s]leep 60'"
+        followers = await rpc.run(created.name, ["sh", "-c", probe])
+        assert bytes(followers.stdout).split() == [b"0", b"1"]
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_resources_labels_and_ttl_reach_daytona(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create(
+        spec=pb.SandboxSpec(
+            image="sandbox-base:bookworm-2",
+            network_mode="host",
+            milli_cpus=2000,
+            memory_bytes=2 << 30,
+            ttl=duration_pb2.Duration(seconds=600),
+        ),
+        labels={"team": "payments"},
+    )
+    try:
+        dto = emulator.sandbox(_native(created.name))
+        assert (dto["cpu"], dto["memory"]) == (2, 2)
+        assert dto["labels"]["sandbox.platform.label/team"] == "payments"
+        assert dto["labels"]["sandbox.platform/tenant"]
+        assert dto["autoDestroyAt"]  # Daytona itself ends the sandbox when its TTL does
+        await _expect(
+            rpc.create(spec=pb.SandboxSpec(image="no-such-image:404", network_mode="host")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "IMAGE_NOT_FOUND",
+        )
+        await _expect(
+            rpc.create(spec=pb.SandboxSpec(network_mode="host", milli_cpus=64000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "LIMIT_EXCEEDED",
+        )
+    finally:
+        await rpc.delete(created.name)
