@@ -353,7 +353,7 @@ class DaytonaDriver(Driver):
                         mapped = unavailable("STREAM_INTERRUPTED", f"the output stream from {subject} broke")
                     raise mapped or item
                 yield item
-            yield Exit(await self._exit_code(process, session, cmd_id, subject))
+            code = await self._exit_code(process, session, cmd_id, subject)
         finally:
             if follower is not None:
                 follower.cancel()
@@ -361,6 +361,8 @@ class DaytonaDriver(Driver):
                     await follower
             with contextlib.suppress(Exception):
                 await process.delete_session(session)
+        # Only after the cleanup: consumers often stop at the Exit without closing the iterator.
+        yield Exit(code)
 
     async def _exit_code(self, process: Any, session: str, cmd_id: str, subject: str) -> int:
         # The daemon records the exit code as the command ends; the log stream may close a moment before.
