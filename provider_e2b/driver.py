@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import grpc
 from e2b import AsyncSandbox, SandboxQuery
 from e2b.api.client_async import get_envd_api
 from e2b.connection_config import KEEPALIVE_PING_HEADER, KEEPALIVE_PING_INTERVAL_SEC, ApiParams
@@ -162,21 +163,17 @@ class E2BDriver(Driver):
                 **self._opts,
             )
         except SandboxException as exc:
-            if exc.status_code in (400, 404) and not isinstance(exc, ApiError):
-                raise failed_precondition(
-                    "IMAGE_NOT_FOUND", f"E2B template {new.spec.image!r} does not exist or was refused"
-                ) from exc
-            raise self._mapped(exc, "a new sandbox") from exc
+            # The API answers 404 for a template that does not exist (or that this account may not use).
+            if exc.status_code == 404:
+                raise failed_precondition("IMAGE_NOT_FOUND", f"E2B template {new.spec.image!r} does not exist") from exc
+            raise map_e2b_error(exc, "a new sandbox") or exc from exc
         except Exception as exc:
-            raise self._mapped(exc, "a new sandbox") from exc
+            raise map_e2b_error(exc, "a new sandbox") or exc from exc
         self._remember(sandbox)
         if new.request_id:
             # The idempotency key may have handed back a sandbox that a concurrent request created.
             return await self.get(sandbox.sandbox_id)
         return self._record(sandbox.sandbox_id, metadata, True)
-
-    def _mapped(self, exc: Exception, subject: str) -> Exception:
-        return map_e2b_error(exc, subject) or exc
 
     async def get(self, native_id: str) -> SandboxRecord:
         info = await self._call(f"sandbox {native_id}", AsyncSandbox.get_info(native_id, **self._opts))
@@ -282,7 +279,7 @@ class E2BDriver(Driver):
         if isinstance(handled, BaseException) and not isinstance(handled, Exception):
             return handled  # cancellation stays cancellation
         mapped = map_e2b_error(handled, subject)
-        if mapped is not None and mapped.code == not_found("", "").code:
+        if mapped is not None and mapped.code == grpc.StatusCode.NOT_FOUND:
             self._connected.pop(sandbox.sandbox_id, None)
         if mapped is not None and mapped.reason == "PROVIDER_UNAVAILABLE":
             return unavailable("STREAM_INTERRUPTED", f"the process stream of {subject} broke; retry or re-attach")

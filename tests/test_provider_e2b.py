@@ -230,10 +230,33 @@ async def test_metadata_is_the_only_state(
     fresh = e2b.client(stack.address, stack.client_token)
     try:
         fetched = await fresh.get(created.name)
-        assert (fetched.labels, fetched.request_id, fetched.spec) == ({"team": "e2b"}, "meta-1", created.spec)
+        assert (dict(fetched.labels), fetched.request_id, fetched.spec) == ({"team": "e2b"}, "meta-1", created.spec)
         assert fetched.expire_time == created.expire_time
         assert bytes((await fresh.run(created.name, ["echo", "hi"])).stdout) == b"hi\n"
     finally:
         await fresh.delete(created.name)
         await fresh.close()
         stack.stop()
+
+
+async def test_a_consumer_that_stops_early_releases_the_stream(rpc: Client, emulator: E2BEmulator) -> None:
+    created = await rpc.create()
+    try:
+        before = emulator.open_streams
+        call = rpc.run_stream(created.name, ["sh", "-c", "while :; do echo tick; sleep 0.01; done"])
+        collected = Collected()
+        async for event in call:
+            collected.add(event)
+            if len(collected.stdout) > 100:
+                break
+        assert emulator.open_streams > before
+        call.cancel()  # type: ignore[attr-defined]  # the gRPC call object
+        # The provider closes its envd stream when its own caller goes away.
+        for _ in range(40):
+            if emulator.open_streams == before:
+                break
+            await asyncio.sleep(0.25)
+        assert emulator.open_streams == before
+        await rpc.stub.CancelExecution(pb.CancelExecutionRequest(name=collected.name), metadata=rpc.metadata)
+    finally:
+        await rpc.delete(created.name)

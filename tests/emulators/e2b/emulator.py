@@ -118,6 +118,8 @@ class E2BEmulator:
         self._processes: dict[tuple[str, int], str] = {}  # (sandbox, pid) -> docker exec id
         #: Every request seen, as "METHOD path" (tests assert what was, and was not, retried).
         self.requests: list[str] = []
+        #: Process streams still open (a client that stops reading must release its stream).
+        self.open_streams = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -510,6 +512,14 @@ class _ProcessService(Process):
         )["Id"]
         sock: Any = await asyncio.to_thread(self._api.exec_start, exec_id, socket=True)
         pid = self._emulator.register(sandbox_id, exec_id)
+        self._emulator.open_streams += 1
+        try:
+            async for response in self._follow(sock, exec_id, pid):
+                yield response
+        finally:
+            self._emulator.open_streams -= 1
+
+    async def _follow(self, sock: Any, exec_id: str, pid: int) -> AsyncIterator[process_pb.StartResponse]:
         yield process_pb.StartResponse(
             event=process_pb.ProcessEvent(event=Oneof("start", process_pb.ProcessEvent.StartEvent(pid=pid)))
         )
