@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -476,6 +476,13 @@ class E2BEmulator:
         return self._docker
 
 
+def _keepalive_interval(ctx: RequestContext[Any, Any]) -> float:
+    try:
+        return max(0.1, float(ctx.request_headers.get("keepalive-ping-interval", "50")))
+    except ValueError:
+        return 50.0
+
+
 def _user_of(ctx: RequestContext[Any, Any]) -> str:
     """envd reads the user from HTTP basic auth, "user:" (e2b/envd/utils.py authentication_header)."""
     auth = ctx.request_headers.get("authorization", "")
@@ -514,19 +521,42 @@ class _ProcessService(Process):
         pid = self._emulator.register(sandbox_id, exec_id)
         self._emulator.open_streams += 1
         try:
-            async for response in self._follow(sock, exec_id, pid):
+            async for response in self._follow(sock, exec_id, pid, _keepalive_interval(ctx)):
                 yield response
         finally:
             self._emulator.open_streams -= 1
 
-    async def _follow(self, sock: Any, exec_id: str, pid: int) -> AsyncIterator[process_pb.StartResponse]:
+    async def _follow(
+        self, sock: Any, exec_id: str, pid: int, keepalive: float
+    ) -> AsyncIterator[process_pb.StartResponse]:
         yield process_pb.StartResponse(
             event=process_pb.ProcessEvent(event=Oneof("start", process_pb.ProcessEvent.StartEvent(pid=pid)))
         )
-        async for fd, data in _frames(sock):
-            name = "stdout" if fd == 1 else "stderr"
-            event = process_pb.ProcessEvent.DataEvent(output=Oneof(name, data))
-            yield process_pb.StartResponse(event=process_pb.ProcessEvent(event=Oneof("data", event)))
+        frames = _frames(sock)
+        pending: asyncio.Future[tuple[int, bytes]] | None = None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(frames))
+                # envd sends a keepalive event after the interval the client asked for (Keepalive-Ping-Interval).
+                done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                if not done:
+                    keep = process_pb.ProcessEvent.KeepAlive()
+                    yield process_pb.StartResponse(event=process_pb.ProcessEvent(event=Oneof("keepalive", keep)))
+                    continue
+                try:
+                    fd, data = pending.result()
+                except StopAsyncIteration:
+                    break
+                pending = None
+                name = "stdout" if fd == 1 else "stderr"
+                event = process_pb.ProcessEvent.DataEvent(output=Oneof(name, data))
+                yield process_pb.StartResponse(event=process_pb.ProcessEvent(event=Oneof("data", event)))
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            await frames.aclose()
         code = None
         for _ in range(100):
             code = (await asyncio.to_thread(self._api.exec_inspect, exec_id))["ExitCode"]
@@ -572,7 +602,7 @@ def _dropping(send: Send, messages: int) -> Send:
     return wrapped
 
 
-async def _frames(sock: Any) -> AsyncIterator[tuple[int, bytes]]:
+async def _frames(sock: Any) -> AsyncGenerator[tuple[int, bytes]]:
     """Demultiplexed docker exec output, read on a thread, with a bounded buffer (backpressure)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, bytes] | BaseException | None] = asyncio.Queue()
