@@ -67,17 +67,21 @@ CREATE_CONFLICT_WAIT_SECONDS = 30.0
 QUERY_PAGE_SIZE = 50
 
 # Runs argv with stdout and stderr on pipes and prints, on its own stdout, one line per chunk read:
-# "1" or "2" then the chunk in base64; finally "x" and the exit code (128+N for a signal).
+# "1" or "2" then the chunk in base64; finally "x" and the exit code (128+N for a signal). The command
+# runs in its own process group, which SIGTERM to the framer ends.
 FRAMER = r"""
 use strict; use warnings; use IO::Select; use MIME::Base64;
 $| = 1;
 pipe(my $or, my $ow) or die "pipe: $!"; pipe(my $er, my $ew) or die "pipe: $!";
 my $pid = fork() // die "fork: $!";
 if (!$pid) {
+  setpgrp(0, 0);
   close $or; close $er;
   open(STDOUT, '>&', $ow) or die; open(STDERR, '>&', $ew) or die;
   exec { $ARGV[0] } @ARGV or do { print STDERR "$ARGV[0]: $!\n"; exit 127 };
 }
+# Stopped early (nobody reads any more): take the command's process group down too.
+$SIG{TERM} = sub { kill 'TERM', -$pid; exit 143 };
 close $ow; close $ew;
 my %tag = (fileno($or) => '1', fileno($er) => '2');
 my $sel = IO::Select->new($or, $er);
@@ -386,6 +390,7 @@ class VercelDriver(Driver):
         reader = process.stdout
         assert reader is not None
         checked = time.monotonic()
+        finished = False
         try:
             while True:
                 try:
@@ -397,6 +402,7 @@ class VercelDriver(Driver):
                     break  # the log stream ended before the framer's exit line
                 tag, payload = line[0], line[1:-1]
                 if tag == "x":
+                    finished = True
                     yield Exit(int(payload))
                     return
                 yield Output(1 if tag == "1" else 2, base64.b64decode(payload))
@@ -405,8 +411,12 @@ class VercelDriver(Driver):
                     with contextlib.suppress(ApiError):
                         await self._keep_session(await self._sandbox(native_id), expire_time)
         finally:
-            # Releases the log connection, also when the consumer stops early.
+            # Releases the log connection, also when the consumer stops early; then ends the framer (and
+            # so the follower it runs), which would otherwise keep running with nobody reading it.
             await reader.aclose()
+            if not finished:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(process.terminate())
         # No exit line: tell a vanished sandbox from a broken stream.
         await self._sandbox(native_id)
         raise unavailable("STREAM_INTERRUPTED", f"the output stream from {subject} ended early; retry or re-attach")

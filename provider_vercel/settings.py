@@ -4,7 +4,7 @@ credentials itself (OIDC: VERCEL_OIDC_TOKEN)."""
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from provider_kit.settings import ProviderSettings
@@ -31,3 +31,9 @@ class VercelSettings(ProviderSettings):
     vercel_request_timeout_seconds: float = 60.0
     # Names this deployment in a sandbox tag; the reaper only deletes sandboxes with its own owner.
     vercel_owner: str = "sandbox-platform"
+
+    @model_validator(mode="after")
+    def _token_needs_team_and_project(self) -> VercelSettings:
+        if self.vercel_token is not None and not (self.vercel_team_id and self.vercel_project_id):
+            raise ValueError("VERCEL_TOKEN needs VERCEL_TEAM_ID and VERCEL_PROJECT_ID")
+        return self

@@ -3,6 +3,7 @@ client as the documented status codes, and no test leaves a sandbox behind in th
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -31,6 +32,7 @@ def vercel(harnesses: Callable[[str], ProviderHarness]) -> VercelHarness:
 def emulator(vercel: VercelHarness) -> Iterator[Emulator]:
     """Every test starts without faults and must leave no sandbox in the emulator."""
     vercel.emulator.clear_faults()
+    vercel.emulator.destroy_all()  # what an earlier (shared) test left is not this test's leak
     yield vercel.emulator
     vercel.emulator.clear_faults()
     leftovers = vercel.emulator.live_sandboxes()
@@ -203,3 +205,26 @@ async def test_unsupported_spec_fields_are_invalid(rpc: Client) -> None:
     ):
         err = await _fails(rpc.create(spec=spec))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_consumer_stopping_early_ends_the_follower_not_the_command(rpc: Client) -> None:
+    created = await rpc.create()
+    try:
+        stream = rpc.run_stream(created.name, ["sh", "-c", "echo started; sleep 300"])
+        name = ""
+        async for event in stream:
+            name = name or event.started.name
+            if event.WhichOneof("event") == "output":
+                break
+        stream.cancel()
+        count = "ps -eo args | grep -c '^tail ---disable-inotify' || true"
+        for _ in range(50):
+            followers = await rpc.run(created.name, ["sh", "-c", count])
+            if bytes(followers.stdout).strip() == b"0":
+                break
+            await asyncio.sleep(0.1)
+        assert bytes(followers.stdout).strip() == b"0"
+        execution = await rpc.stub.GetExecution(pb.GetExecutionRequest(name=name), metadata=rpc.metadata)
+        assert execution.state == pb.Execution.STATE_RUNNING
+    finally:
+        await rpc.delete(created.name)

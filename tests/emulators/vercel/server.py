@@ -28,6 +28,7 @@ import codecs
 import contextlib
 import gzip
 import json
+import os
 import re
 import threading
 import time
@@ -87,6 +88,7 @@ class Command:
     cwd: str
     started_at: int
     exit_code: int | None = None
+    exec_id: str = ""
     records: list[bytes] = field(default_factory=list)  # NDJSON lines, newline included
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -227,6 +229,7 @@ class Emulator:
             Route(f"{s}/cmd", self._wrap(self.run), methods=["POST"]),
             Route(f"{s}/cmd/{{cid}}", self._wrap(self.get_command), methods=["GET"]),
             Route(f"{s}/cmd/{{cid}}/logs", self._wrap(self.logs), methods=["GET"]),
+            Route(f"{s}/cmd/{{cid}}/kill", self._wrap(self.kill), methods=["POST"]),
             Route(f"{s}/fs/write", self._wrap(self.write_files), methods=["POST"]),
             Route(f"{p}/sessions/{{sid}}", self._wrap(self.get_session), methods=["GET"]),
             Route(f"{p}/{{name}}", self._wrap(self.get), methods=["GET"]),
@@ -474,6 +477,7 @@ class Emulator:
             args=list(body.get("args") or []),
             cwd=body.get("cwd") or "/",
             started_at=_now_ms(),
+            exec_id=exec_id,
         )
         session.commands[command.id] = command
         threading.Thread(target=self._pump, args=(exec_id, command), daemon=True).start()
@@ -510,6 +514,19 @@ class Emulator:
             return command
         if request.query_params.get("wait") == "true":
             await asyncio.to_thread(command.done.wait)
+        return JSONResponse({"command": command.payload()})
+
+    async def kill(self, request: Request) -> Response:
+        command = self._command(request)
+        if isinstance(command, Response):
+            return command
+        signal = int((await request.json()).get("signal") or 15)
+        if not command.done.is_set():
+            # The exec's process runs on this host: signal it by its host pid.
+            pid = (await asyncio.to_thread(self.api.exec_inspect, command.exec_id)).get("Pid") or 0
+            if pid > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal)
         return JSONResponse({"command": command.payload()})
 
     async def logs(self, request: Request) -> Response:
