@@ -47,9 +47,11 @@ async def rpc(daytona_stack: LocalStack, daytona: ProviderHarness) -> AsyncItera
 
 @pytest.fixture(autouse=True)
 def no_sandbox_left(emulator: DaytonaEmulator) -> Iterator[None]:
+    # Only this test's sandboxes count (a failed shared test may have left one behind).
+    before = set(emulator.sandbox_ids())
     yield
     emulator.clear_faults()
-    left = emulator.sandbox_ids()
+    left = sorted(set(emulator.sandbox_ids()) - before)
     for sandbox_id in left:
         emulator.vanish(sandbox_id)
     assert not left, f"sandboxes left in the emulator: {left}"
