@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ipaddress
 import json
 import os
@@ -68,7 +69,7 @@ def _unreachable_api(provider: str, port: int) -> dict[str, str]:
     return {
         "e2b": {"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_DOMAIN": "localhost", "E2B_HTTP_VERSION": "1.1"},
         "daytona": {"DAYTONA_API_URL": f"{url}/api"},
-        "vercel": {"VERCEL_SANDBOX_API_URL": f"{url}/api"},
+        "vercel": {"SANDBOX_VERCEL_API_URL": f"{url}/api"},
     }[provider] | {key: f"placeholder-{key.lower()}-0123456789" for key in CLOUD_CREDENTIALS[provider]}
 
 
@@ -301,28 +302,42 @@ class ComposeStack:
         return docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
 
 
-def _wait_healthy(docker_client: docker.DockerClient, stack: ComposeStack, timeout: float = 60.0) -> None:
+def _wait_healthy(
+    docker_client: docker.DockerClient, stack: ComposeStack, services: set[str], timeout: float = 60.0
+) -> None:
+    """Waits until the stack runs exactly `services`, and the Docker provider and the orchestrator are healthy
+    (a cloud provider whose API is out of reach is live but never ready, so its health check fails)."""
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
         states = {}
         for container in stack.containers(docker_client):
             container.reload()
-            states[container.name] = container.attrs["State"].get("Health", {}).get("Status", "none")
-        if len(states) == 2 and set(states.values()) == {"healthy"}:
+            health = container.attrs["State"].get("Health", {}).get("Status", "none")
+            states[container.labels["com.docker.compose.service"]] = (
+                health if container.attrs["State"]["Running"] else "exited"
+            )
+        if set(states) == services and all(
+            state == "healthy" if name in {"orchestrator", "provider-docker"} else state != "exited"
+            for name, state in states.items()
+        ):
             return
         time.sleep(0.5)
     logs = stack.run("logs", "--no-color")
     pytest.fail(f"the stack's containers are not healthy: {states}\n{logs}", pytrace=False)
 
 
-@pytest.fixture
-def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, owner: str) -> Iterator[ComposeStack]:
+@contextlib.contextmanager
+def _compose_stack(
+    images: dict[str, str], docker_client: docker.DockerClient, owner: str, clouds: tuple[str, ...] = ()
+) -> Iterator[ComposeStack]:
+    """The compose stack on loopback ports; `clouds` enables those cloud providers' profiles and routes, with
+    placeholder credentials and their APIs on a closed loopback port."""
     compose = _compose_command()
     client_token = uuid.uuid4().hex
     orchestrator_port, provider_port = _free_port(), _free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in {"COMPOSE_PROFILES", "CLOUD_PROVIDER_ROUTES"}},
         "ORCHESTRATOR_IMAGE": images["orchestrator"],
         "PROVIDER_DOCKER_IMAGE": images["provider-docker"],
         "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
@@ -337,6 +352,16 @@ def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, ow
         "STOP_GRACE_PERIOD": "20s",
         "HEALTHCHECK_INTERVAL": "1s",
     }
+    routes = []
+    for provider in clouds:
+        port = _free_port()
+        env[f"PROVIDER_{provider.upper()}_IMAGE"] = images[f"provider-{provider}"]
+        env[f"PROVIDER_{provider.upper()}_PORT"] = str(port)
+        env.update(_unreachable_api(provider, _free_port()))
+        routes.append(f"{provider}=dns:///127.0.0.1:{port}")
+    if clouds:
+        env["COMPOSE_PROFILES"] = ",".join(clouds)
+        env["CLOUD_PROVIDER_ROUTES"] = ";".join(routes)
     stack = ComposeStack(
         compose, f"sbxdeploy{uuid.uuid4().hex[:8]}", env, f"127.0.0.1:{orchestrator_port}", client_token
     )
@@ -354,7 +379,7 @@ def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, ow
         if up.returncode != 0:
             logs = stack.run("logs", "--no-color")
             pytest.fail(f"compose up failed:\n{up.stderr}\ncontainer logs:\n{logs}", pytrace=False)
-        _wait_healthy(docker_client, stack)
+        _wait_healthy(docker_client, stack, {"orchestrator", "provider-docker", *(f"provider-{p}" for p in clouds)})
         yield stack
     finally:
         subprocess.run(
@@ -368,6 +393,41 @@ def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, ow
         for container in leftovers:
             container.remove(force=True)
         assert not leftovers, f"compose down left containers: {[c.name for c in leftovers]}"
+
+
+@pytest.fixture
+def compose_stack(images: dict[str, str], docker_client: docker.DockerClient, owner: str) -> Iterator[ComposeStack]:
+    with _compose_stack(images, docker_client, owner) as stack:
+        yield stack
+
+
+async def test_cloud_providers_join_the_compose_stack_by_profile(
+    images: dict[str, str], docker_client: docker.DockerClient, owner: str
+) -> None:
+    """COMPOSE_PROFILES=e2b,daytona,vercel adds the cloud providers, restricted and without the socket, and
+    CLOUD_PROVIDER_ROUTES routes the orchestrator to them: ListProviders reaches each one (NOT_SERVING: up,
+    its API out of reach) next to the ready Docker provider."""
+    with _compose_stack(images, docker_client, owner, CLOUD_PROVIDERS) as stack:
+        containers = {c.labels["com.docker.compose.service"]: c for c in stack.containers(docker_client)}
+        for provider in CLOUD_PROVIDERS:
+            attrs = containers[f"provider-{provider}"].attrs
+            assert attrs["Config"]["User"] == f"{UID}:{UID}"
+            assert attrs["HostConfig"]["ReadonlyRootfs"] is True
+            assert attrs["HostConfig"]["CapDrop"] == ["ALL"] and not attrs["HostConfig"].get("GroupAdd")
+            assert [m["Destination"] for m in attrs["Mounts"]] == [], "no socket, no volume"
+        client = Client(stack.address, stack.client_token)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                view = await client.stub.ListProviders(pb.ListProvidersRequest(), metadata=client.metadata)
+                seen = {p.name: (p.ready, p.detail) for p in view.providers}
+                expected = {"docker": (True, ""), **dict.fromkeys(CLOUD_PROVIDERS, (False, "NOT_SERVING"))}
+                if seen == expected or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert seen == expected, stack.run("logs", "--no-color")[-5000:]
+        finally:
+            await client.close()
 
 
 async def test_command_runs_through_the_compose_stack(
