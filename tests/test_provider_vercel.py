@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from orchestrator.local_stack import LocalStack
 from provider_kit.errors import error_info
@@ -228,3 +229,45 @@ async def test_consumer_stopping_early_ends_the_follower_not_the_command(rpc: Cl
         assert execution.state == pb.Execution.STATE_RUNNING
     finally:
         await rpc.delete(created.name)
+
+
+@pytest.fixture(scope="module")
+def lifetime_stack(vercel: VercelHarness, make_stack: Callable[..., LocalStack]) -> LocalStack:
+    # Sessions of at most a minute, and a reaper that runs every second.
+    return make_stack(vercel, SANDBOX_VERCEL_MAX_SESSION_SECONDS="60", SANDBOX_REAP_INTERVAL_SECONDS="1")
+
+
+async def test_commands_extend_a_session_shorter_than_the_ttl(
+    vercel: VercelHarness, lifetime_stack: LocalStack, emulator: Emulator
+) -> None:
+    c = vercel.client(lifetime_stack.address, lifetime_stack.client_token)
+    created = await c.create(spec=pb.SandboxSpec(ttl=duration_pb2.Duration(seconds=3600)))
+    try:
+        session = emulator.sessions[emulator.sandboxes[created.name.rsplit("/", 1)[1]].session_id]
+        assert session.timeout_ms == 60_000  # capped by the plan's maximum session length
+        await c.run(created.name, ["true"])
+        # Extended to last ten more minutes while commands run, still within the TTL.
+        assert 590_000 <= session.timeout_ms <= 3_600_000
+    finally:
+        await c.delete(created.name)
+        await c.close()
+
+
+async def test_expired_sandbox_stops_and_is_reaped(
+    vercel: VercelHarness, lifetime_stack: LocalStack, emulator: Emulator
+) -> None:
+    c = vercel.client(lifetime_stack.address, lifetime_stack.client_token)
+    created = await c.create(spec=pb.SandboxSpec(ttl=duration_pb2.Duration(seconds=2)))
+    try:
+        native_id = created.name.rsplit("/", 1)[1]
+        assert emulator.sessions[emulator.sandboxes[native_id].session_id].timeout_ms == 2000
+        for _ in range(100):
+            if native_id not in emulator.sandboxes:
+                break
+            await asyncio.sleep(0.1)
+        assert native_id not in emulator.sandboxes
+        err = await _fails(c.get(created.name))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await c.delete(created.name)
+        await c.close()

@@ -481,6 +481,15 @@ class Emulator:
         )
         session.commands[command.id] = command
         threading.Thread(target=self._pump, args=(exec_id, command), daemon=True).start()
+        if request.query_params.get("wait") == "true" and request.query_params.get("logs") == "true":
+            # run_process: one NDJSON stream of the started command, its logs, then the finished command.
+            async def body() -> AsyncIterator[bytes]:
+                yield (json.dumps({"command": command.payload()}) + "\n").encode()
+                async for chunk in self._follow(command, -1, session):
+                    yield chunk
+                yield (json.dumps({"command": command.payload()}) + "\n").encode()
+
+            return StreamingResponse(body(), media_type="application/x-ndjson")
         return JSONResponse({"command": command.payload()})
 
     def _pump(self, exec_id: str, command: Command) -> None:
@@ -534,32 +543,33 @@ class Emulator:
         if isinstance(command, Response):
             return command
         drop_after: int = getattr(request.state, "drop_after", -1)
-        session = self.sessions[command.session_id]
+        return StreamingResponse(
+            self._follow(command, drop_after, self.sessions[command.session_id]), media_type="application/x-ndjson"
+        )
 
-        async def body() -> AsyncIterator[bytes]:
-            sent = index = 0
-            while True:
-                done = command.done.is_set()
-                batch = command.records[index:]
-                if batch:
-                    index += len(batch)
-                    chunk = b"".join(batch)
-                    if 0 <= drop_after < sent + len(chunk):
-                        yield chunk[: max(drop_after - sent, 0)]
-                        raise ConnectionAbortedError("injected: log stream dropped")
-                    sent += len(chunk)
-                    yield chunk
-                elif done:
-                    return
-                elif session.sandbox not in self.sandboxes or session.status != "running":
-                    # The sandbox went away while the command ran: the API reports it in-band.
-                    error = {"code": "sandbox_stopped", "message": "The sandbox stopped"}
-                    yield (json.dumps({"stream": "error", "data": error}) + "\n").encode()
-                    return
-                else:
-                    await asyncio.sleep(0.02)
-
-        return StreamingResponse(body(), media_type="application/x-ndjson")
+    async def _follow(self, command: Command, drop_after: int, session: Session) -> AsyncIterator[bytes]:
+        """A command's log records from the start, following live until it ends."""
+        sent = index = 0
+        while True:
+            done = command.done.is_set()
+            batch = command.records[index:]
+            if batch:
+                index += len(batch)
+                chunk = b"".join(batch)
+                if 0 <= drop_after < sent + len(chunk):
+                    yield chunk[: max(drop_after - sent, 0)]
+                    raise ConnectionAbortedError("injected: log stream dropped")
+                sent += len(chunk)
+                yield chunk
+            elif done:
+                return
+            elif session.sandbox not in self.sandboxes or session.status != "running":
+                # The sandbox went away while the command ran: the API reports it in-band.
+                error = {"code": "sandbox_stopped", "message": "The sandbox stopped"}
+                yield (json.dumps({"stream": "error", "data": error}) + "\n").encode()
+                return
+            else:
+                await asyncio.sleep(0.02)
 
     # -- files ---------------------------------------------------------------------------------------------
 
