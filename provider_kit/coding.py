@@ -139,7 +139,11 @@ class Coding:
         validation.text(request.message, "message", maximum=64_000)
         validation.text(request.instruction, "instruction", maximum=MAX_INSTRUCTION_BYTES)
         message = workspace.commit_message(request.message, request.instruction)
+        native = self._driver.native_git_push
         env = {"GIT_TOKEN": request.token} if request.token else {}
+        if native:
+            # The token goes only to the provider's git API call, never into the sandbox.
+            env = {"SANDBOX_NATIVE_PUSH": "1"}
         argv = workspace.push_argv(planned.directory, planned.branch, message)
         result = await self._driver.run(name.native_id, argv, env)
         stderr = redact(result.stderr.decode(errors="replace"), [request.token]).strip()
@@ -150,6 +154,8 @@ class Coding:
             raise failed_precondition("PUSH_FAILED", f"commit or push failed: {stderr[-2000:]}")
         first, _, diff = result.stdout.decode(errors="replace").partition("\n")
         fields = dict(part.split("=", 1) for part in first.removeprefix("sandbox-result ").split() if "=" in part)
+        if native and fields.get("changed") == "1":
+            await self._driver.push_branch(name.native_id, planned.directory, planned.branch, request.token)
         return sandbox_pb2.PushChangesResponse(
             changed=fields.get("changed") == "1",
             commit_sha=fields.get("sha", ""),

@@ -124,3 +124,12 @@ class Driver(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Releases clients and connections."""
+
+    #: Whether push_branch pushes with the provider's own git API; the push script then only commits.
+    native_git_push: bool = False
+
+    async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
+        """Pushes HEAD of the checkout in directory to branch on origin with the provider's own git API, the
+        token given for this call only (never stored). Called only when native_git_push is set; raises
+        failed_precondition("PUSH_REJECTED", ...) with the remote's reason when the remote refuses."""
+        raise NotImplementedError

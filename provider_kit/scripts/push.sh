@@ -16,7 +16,8 @@ if [ -z "$head" ] || [ "$head" = "$base" ]; then
   echo "sandbox-result changed=0 branch=$branch"
   exit 0
 fi
-if ! git_remote push -q origin "HEAD:refs/heads/$branch" 2>/tmp/.sandbox-push.err; then
+# SANDBOX_NATIVE_PUSH: the provider pushes with its own git API once this script has committed.
+if [ -z "${SANDBOX_NATIVE_PUSH:-}" ] && ! git_remote push -q origin "HEAD:refs/heads/$branch" 2>/tmp/.sandbox-push.err; then
   cat /tmp/.sandbox-push.err >&2
   exit 3
 fi
