@@ -34,13 +34,14 @@ from daytona import (
     Resources,
     SessionExecuteRequest,
 )
+from daytona.common.errors import SOURCE_DAEMON
 from daytona_api_client_async import Sandbox as SandboxDto
 from daytona_api_client_async import SandboxListItem, SandboxState
 
 from provider_daytona.errors import map_daytona_error
 from provider_daytona.settings import DaytonaSettings
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
-from provider_kit.errors import ApiError, invalid_argument, not_found, unavailable
+from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
@@ -53,6 +54,8 @@ RESERVED_NAME_ATTEMPTS = 50
 READ_ATTEMPTS = 3
 # Daytona has no host or bridge networking to choose; "none" blocks all network access.
 NETWORK_MODES = ("", "host", "bridge", "none")
+# Daemon error codes (daytona/common/errors.py CODE_TO_ERROR) that mean the remote refused the push.
+PUSH_REFUSED = ("GIT_PUSH_REJECTED", "GIT_REMOTE_REJECTED", "GIT_AUTH_FAILED")
 
 # Inside the sandbox: runs argv with stdout and stderr each passed through ENCODE, which writes one base64
 # line per read (sysread returns what is there, so output stays live). The exit status is argv's.
@@ -370,6 +373,25 @@ class DaytonaDriver(Driver):
                 await process.delete_session(session)
         # Only after the cleanup: consumers often stop at the Exit without closing the iterator.
         yield Exit(code)
+
+    native_git_push = True
+
+    async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
+        sandbox = await self._sandbox(native_id)
+        subject = f"sandbox {native_id}"
+        try:
+            # Daytona's git API takes the credentials per call; they never reach the sandbox's files.
+            await sandbox.git.push(
+                directory, username="x-access-token" if token else None, password=token or None, branch=branch
+            )
+        except DaytonaError as exc:
+            if exc.source != SOURCE_DAEMON or not (exc.code or "").startswith("GIT_"):
+                raise map_daytona_error(exc, subject) or exc from exc
+            reason = exc.message.replace(token, "[REDACTED]") if token else exc.message
+            raise failed_precondition(
+                "PUSH_REJECTED" if exc.code in PUSH_REFUSED else "PUSH_FAILED",
+                f"the remote rejected the push of {branch}: {reason[-2000:]}",
+            ) from exc
 
     async def _exit_code(self, process: Any, session: str, cmd_id: str, subject: str) -> int:
         # The daemon records the exit code as the command ends; the log stream may close a moment before.

@@ -4,6 +4,7 @@ documented status code, and no sandbox is left in the emulator after any test.""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
@@ -15,6 +16,7 @@ from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
 from tests.emulators.daytona.emulator import DaytonaEmulator, Fault
+from tests.git_server import GitServer
 from tests.harness import ProviderHarness
 
 SANDBOX_PATH = r"^GET /api/sandbox/[^/]+$"
@@ -226,5 +228,31 @@ async def test_resources_labels_and_ttl_reach_daytona(rpc: Client, emulator: Day
             grpc.StatusCode.INVALID_ARGUMENT,
             "LIMIT_EXCEEDED",
         )
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_push_goes_through_the_native_git_api(
+    rpc: Client, emulator: DaytonaEmulator, git_server: GitServer
+) -> None:
+    name = f"repo-{uuid.uuid4().hex[:8]}"
+    git_server.create_repo(name, {"README.md": "old\n"})
+    token = git_server.token or ""
+    created = await rpc.create(repository=pb.RepositorySetup(url=git_server.url(name), token=token, branch="native"))
+    try:
+        setup = await rpc.attach(created.workspace.setup_execution, Collected())
+        assert setup.finished is not None and setup.finished.state == pb.Execution.STATE_SUCCEEDED
+        await rpc.run_agent(created.name, "shell", "echo native > native.txt")
+        emulator.requests.clear()
+        pushed = await rpc.stub.PushChanges(
+            pb.PushChangesRequest(sandbox=created.name, message="native push", token=token), metadata=rpc.metadata
+        )
+        assert pushed.changed and pushed.files_changed == 1
+        assert git_server.read_file(name, "native", "native.txt") == b"native\n"
+        assert any(r.endswith("/git/push") for r in emulator.requests)
+        # The token reached only that API call: not the sandbox's session commands, files or git config.
+        assert all(token not in c for c in emulator.session_commands(_native(created.name)))
+        config = await rpc.run(created.name, ["sh", "-c", "cat /workspace/.git/config; env"])
+        assert token.encode() not in bytes(config.stdout)
     finally:
         await rpc.delete(created.name)

@@ -19,6 +19,7 @@ with /{sandboxId} (daytona/internal/toolbox_api_client_proxy.py)):
   GET    /toolbox/{id}/process/session/{sid}/command/{cid} the command and its exit code
   WS     /toolbox/{id}/process/session/{sid}/command/{cid}/logs?follow=true
   DELETE /toolbox/{id}/process/session/{sid}               kills the session's commands
+  POST   /toolbox/{id}/git/push                            real git push, credentials for this call only
 
 Faults are injected from the test process with `inject()` (see Fault) and `vanish()`.
 """
@@ -55,6 +56,15 @@ ID_LABEL = "daytona.emulator/id"
 STDOUT_PREFIX = b"\x01\x01\x01"
 STDERR_PREFIX = b"\x02\x02\x02"
 ORGANIZATION = "org-emulated"
+GIT_PUSH_SCRIPT = r"""
+path=$1 remote=$2 branch=$3
+owner=$(stat -c %U "$path")
+helper='!f() { test "$1" = get && echo "username=$GIT_USER" && echo "password=$GIT_PASS"; }; f'
+run() { if [ "$owner" != root ] && [ "$(id -u)" = 0 ]; then runuser -u "$owner" -- "$@"; else "$@"; fi; }
+[ -n "$branch" ] || branch=$(run git -C "$path" symbolic-ref --short HEAD)
+export GIT_TERMINAL_PROMPT=0
+run git -C "$path" -c credential.helper= -c "credential.helper=$helper" push -q "$remote" "$branch:refs/heads/$branch"
+"""
 
 
 @dataclass
@@ -206,6 +216,7 @@ class DaytonaEmulator:
             Route("/toolbox/{sid}/process/session/{session}/exec", self._exec, methods=["POST"]),
             Route("/toolbox/{sid}/process/session/{session}/command/{cmd}", self._command, methods=["GET"]),
             WebSocketRoute("/toolbox/{sid}/process/session/{session}/command/{cmd}/logs", self._logs),
+            Route("/toolbox/{sid}/git/push", self._git_push, methods=["POST"]),
         ]
         return self._middleware(Starlette(routes=routes))
 
@@ -482,6 +493,43 @@ class DaytonaEmulator:
         if command.done:
             body["exitCode"] = command.exit_code
         return JSONResponse(body)
+
+    async def _git_push(self, request: Request) -> Response:
+        sandbox = self._toolbox(request)
+        if isinstance(sandbox, Response):
+            return sandbox
+        body = await request.json()
+        # Like the daemon: git runs as the checkout's owner (the sandbox user), and the credentials live only
+        # in this git process's environment, read by a helper given on the command line.
+        script = GIT_PUSH_SCRIPT
+        env = {"GIT_USER": body.get("username") or "", "GIT_PASS": body.get("password") or ""}
+        argv = [
+            "bash",
+            "-c",
+            script,
+            "git-push",
+            body["path"],
+            body.get("remote") or "origin",
+            body.get("branch") or "",
+        ]
+        try:
+            code, _, err = await asyncio.to_thread(self._run, sandbox.container, argv, env)
+        except docker.errors.NotFound:
+            return _error(404, "sandbox not found")
+        if code == 0:
+            return Response(status_code=200)
+        message = err.decode(errors="replace").strip()
+        rejected = "rejected" in message or "pre-receive hook declined" in message
+        status, kind = (409, "GIT_PUSH_REJECTED") if rejected else (400, "GIT_TRANSPORT_FAILED")
+        return JSONResponse(
+            {"statusCode": status, "message": message, "code": kind, "source": "DAYTONA_DAEMON"}, status_code=status
+        )
+
+    def _run(self, container: str, argv: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
+        exec_id = self._docker.exec_create(container, argv, stdout=True, stderr=True, environment=env)["Id"]
+        out, err = self._docker.exec_start(exec_id, demux=True)
+        code = self._docker.exec_inspect(exec_id)["ExitCode"]
+        return int(code), out or b"", err or b""
 
     async def _logs(self, websocket: WebSocket) -> None:
         state = websocket.scope.get("state", {})
