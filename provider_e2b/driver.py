@@ -245,6 +245,7 @@ class E2BDriver(Driver):
         }
         # timeout_ms=None: no deadline on the stream as a whole (agent runs take as long as they take).
         events = as_stream(rpc.start(request, headers=headers, timeout_ms=None))
+        code: int | None = None
         try:
             async for response in events:
                 event = response.event.event.value if response.event and response.event.event else None
@@ -253,9 +254,12 @@ class E2BDriver(Driver):
                         yield Output(_FDS[event.output.field], event.output.value)
                 elif isinstance(event, process_pb.ProcessEvent.EndEvent):
                     # A process killed by a signal has no exit code of its own.
-                    yield Exit(event.exit_code if event.exited and event.exit_code >= 0 else 255)
-                    return
-            raise unavailable("STREAM_INTERRUPTED", f"the process stream of {subject} ended early")
+                    code = event.exit_code if event.exited and event.exit_code >= 0 else 255
+            # The Exit comes only after the RPC's end of stream: consumers stop reading at the Exit without
+            # closing this iterator, and the connection must be back in the pool by then.
+            if code is None:
+                raise unavailable("STREAM_INTERRUPTED", f"the process stream of {subject} ended early")
+            yield Exit(code)
         except ApiError:
             raise
         except Exception as exc:
