@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from provider_kit.server import SERVICE_NAME
 from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client, Collected
 from tests.conftest import BASE_IMAGE, OWNER_LABEL
+from tests.harness import HARNESSES, ProviderHarness
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -271,6 +272,80 @@ def test_cloud_provider_runs_restricted_live_but_not_ready_without_its_api(
         assert first["event"] == "listening" and first["service"] == f"provider_{provider}", first
     finally:
         container.remove(force=True)
+
+
+@pytest.mark.parametrize("provider", CLOUD_PROVIDERS)
+async def test_cloud_provider_image_runs_a_command_against_its_emulated_cloud(
+    images: dict[str, str],
+    docker_client: docker.DockerClient,
+    harnesses: Callable[[str], ProviderHarness],
+    owner: str,
+    provider: str,
+) -> None:
+    """The whole path with a cloud provider's image, the real SDK inside it: client -> orchestrator container ->
+    provider container -> the local emulator of the cloud's API (tests/emulators, on loopback) -> a sandbox
+    container. Both service containers run restricted, as the manifests run them."""
+    if provider not in HARNESSES:
+        pytest.fail(f"tests/emulators/{provider}/harness.py is missing: no emulated {provider} API to test the image")
+    harness = harnesses(provider)
+    provider_port, orchestrator_port = _free_port(), _free_port()
+    provider_token, client_token = uuid.uuid4().hex, uuid.uuid4().hex
+    common: dict[str, Any] = {
+        "detach": True,
+        "network_mode": "host",
+        "read_only": True,
+        "tmpfs": {"/tmp": ""},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "labels": {"sandbox.platform.test": owner},
+    }
+    containers = []
+    try:
+        containers.append(
+            docker_client.containers.run(
+                images[f"provider-{provider}"],
+                environment={
+                    "SANDBOX_LISTEN": f"127.0.0.1:{provider_port}",
+                    "SANDBOX_PROVIDER_TOKEN": provider_token,
+                    **harness.provider_env(),
+                },
+                **common,
+            )
+        )
+        containers.append(
+            docker_client.containers.run(
+                images["orchestrator"],
+                environment={
+                    "SANDBOX_LISTEN": f"127.0.0.1:{orchestrator_port}",
+                    "SANDBOX_PROVIDERS": f"{provider}=dns:///127.0.0.1:{provider_port}",
+                    "SANDBOX_PROVIDER_TOKEN": provider_token,
+                    "SANDBOX_TENANT_TOKENS": f"{client_token}=deploy-test",
+                },
+                **common,
+            )
+        )
+        try:
+            await _wait_serving(f"127.0.0.1:{provider_port}", within=60)
+            await _wait_serving(f"127.0.0.1:{orchestrator_port}")
+        except AssertionError:
+            logs = "\n".join(c.logs().decode()[-3000:] for c in containers)
+            raise AssertionError(f"the containers did not become ready:\n{logs}") from None
+        client = harness.client(f"127.0.0.1:{orchestrator_port}", client_token)
+        try:
+            created = await client.create()
+            assert created.name.startswith(f"providers/{provider}/sandboxes/"), created.name
+            try:
+                result = await client.run(created.name, ["sh", "-c", f"echo hello from {provider}; echo done >&2"])
+            finally:
+                await client.delete(created.name)
+        finally:
+            await client.close()
+        assert bytes(result.stdout) == f"hello from {provider}\n".encode()
+        assert bytes(result.stderr) == b"done\n"
+        assert result.finished is not None and result.finished.state == pb.Execution.STATE_SUCCEEDED
+    finally:
+        for container in containers:
+            container.remove(force=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
