@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from provider_kit.streams import closing
 from sandbox.v1 import sandbox_pb2
 
 
@@ -108,10 +109,12 @@ class Driver(abc.ABC):
     async def run(self, native_id: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessResult:
         """Runs argv to completion and returns its output."""
         out, err = bytearray(), bytearray()
-        async for item in self.stream(native_id, argv, env):
-            if isinstance(item, Exit):
-                return ProcessResult(item.code, bytes(out), bytes(err))
-            (out if item.fd == 1 else err).extend(item.data)
+        # Closed explicitly, so the provider's connection is released as soon as the Exit arrives.
+        async with closing(self.stream(native_id, argv, env)) as process:
+            async for item in process:
+                if isinstance(item, Exit):
+                    return ProcessResult(item.code, bytes(out), bytes(err))
+                (out if item.fd == 1 else err).extend(item.data)
         raise RuntimeError("process stream ended without an exit status")
 
     @abc.abstractmethod

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from provider_kit import exec_scripts
-from provider_kit.driver import Driver, Exit, Output
+from provider_kit.driver import Driver, Output
 from provider_kit.errors import not_found, unavailable
 from provider_kit.names import ExecutionName, SandboxName
-from provider_kit.streams import with_keepalive
+from provider_kit.streams import closing, with_keepalive
 from provider_kit.telemetry import EXECUTION_OUTCOMES
 from sandbox.v1 import sandbox_pb2
 
@@ -140,35 +140,40 @@ class Executions:
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
         offsets = {1: stdout_offset, 2: stderr_offset}
         process = self._driver.stream(name.sandbox.native_id, command, env)
-        async for item in with_keepalive(process, self._keepalive):
-            if item is None:
-                yield ExecutionEvent(keepalive=sandbox_pb2.Keepalive(time=timestamp(datetime.now(UTC))))
-            elif isinstance(item, Output):
-                chunk = sandbox_pb2.OutputChunk(stream=_STREAMS[item.fd], offset=offsets[item.fd], data=item.data)
-                offsets[item.fd] += len(item.data)
-                yield ExecutionEvent(output=chunk)
-            elif isinstance(item, Exit):
-                if item.code == 0 and start_time is not None:
-                    # The common case needs no second round trip: we know everything already.
-                    finished = Execution(
-                        name=str(name),
-                        state=Execution.STATE_SUCCEEDED,
-                        stdout_bytes=offsets[1],
-                        stderr_bytes=offsets[2],
-                        start_time=timestamp(start_time),
-                        end_time=timestamp(datetime.now(UTC)),
-                    )
+        # Closed explicitly (also when the client goes away), so the provider's connection is released at once.
+        exit_code: int | None = None
+        async with closing(with_keepalive(process, self._keepalive)) as events:
+            async for item in events:
+                if item is None:
+                    yield ExecutionEvent(keepalive=sandbox_pb2.Keepalive(time=timestamp(datetime.now(UTC))))
+                elif isinstance(item, Output):
+                    chunk = sandbox_pb2.OutputChunk(stream=_STREAMS[item.fd], offset=offsets[item.fd], data=item.data)
+                    offsets[item.fd] += len(item.data)
+                    yield ExecutionEvent(output=chunk)
                 else:
-                    finished = await self.get(name)
-                    if finished.state == Execution.STATE_RUNNING:
-                        raise unavailable(
-                            "STREAM_INTERRUPTED",
-                            f"the stream of {name} broke while it still runs; re-attach with AttachExecution",
-                        )
-                EXECUTION_OUTCOMES.add(1, {"state": Execution.State.Name(finished.state)})
-                yield ExecutionEvent(finished=finished)
-                return
-        raise unavailable("STREAM_INTERRUPTED", f"the stream of {name} ended early; re-attach with AttachExecution")
+                    exit_code = item.code
+                    break
+        if exit_code is None:
+            raise unavailable("STREAM_INTERRUPTED", f"the stream of {name} ended early; re-attach with AttachExecution")
+        if exit_code == 0 and start_time is not None:
+            # The common case needs no second round trip: we know everything already.
+            finished = Execution(
+                name=str(name),
+                state=Execution.STATE_SUCCEEDED,
+                stdout_bytes=offsets[1],
+                stderr_bytes=offsets[2],
+                start_time=timestamp(start_time),
+                end_time=timestamp(datetime.now(UTC)),
+            )
+        else:
+            finished = await self.get(name)
+            if finished.state == Execution.STATE_RUNNING:
+                raise unavailable(
+                    "STREAM_INTERRUPTED",
+                    f"the stream of {name} broke while it still runs; re-attach with AttachExecution",
+                )
+        EXECUTION_OUTCOMES.add(1, {"state": Execution.State.Name(finished.state)})
+        yield ExecutionEvent(finished=finished)
 
     async def _probe(self, name: ExecutionName, mode: str) -> sandbox_pb2.Execution:
         result = await self._driver.run(name.sandbox.native_id, exec_scripts.command(mode, name.execution_id))

@@ -10,6 +10,22 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+@contextlib.asynccontextmanager
+async def closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Closes an async iterator on exit, even one abandoned half-way (async generators hold connections open
+    until closed; plain iterators need nothing)."""
+    try:
+        yield iterator
+    finally:
+        await aclose(iterator)
+
+
+async def aclose(iterator: AsyncIterator[T]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
 async def with_keepalive(source: AsyncIterator[T], interval: float) -> AsyncIterator[T | None]:
     """Yields source's items, and None whenever source has been silent for `interval` seconds."""
     pending: asyncio.Future[T] | None = None
@@ -32,6 +48,4 @@ async def with_keepalive(source: AsyncIterator[T], interval: float) -> AsyncIter
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await aclose(source)

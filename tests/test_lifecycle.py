@@ -28,7 +28,7 @@ async def test_create_get_list_run_delete(
     assert fetched.spec == created.spec
 
     listed = await client.stub.ListSandboxes(
-        pb.ListSandboxesRequest(parent="providers/docker", labels={"purpose": "lifecycle"}), metadata=client.metadata
+        pb.ListSandboxesRequest(parent=f"providers/{client.provider}", labels={"purpose": "lifecycle"}), metadata=client.metadata
     )
     assert [s.name for s in listed.sandboxes] == [created.name]
 
@@ -87,7 +87,7 @@ async def test_list_pages_through_every_sandbox(client: Client) -> None:
         while True:
             page = await client.stub.ListSandboxes(
                 pb.ListSandboxesRequest(
-                    parent="providers/docker", labels={"batch": "paging"}, page_size=2, page_token=token
+                    parent=f"providers/{client.provider}", labels={"batch": "paging"}, page_size=2, page_token=token
                 ),
                 metadata=client.metadata,
             )
