@@ -59,9 +59,6 @@ MEMORY_MB_PER_VCPU = 2048
 # Reads are idempotent: retry them on transient failures, with backoff.
 READ_ATTEMPTS = 3
 RETRY_BACKOFF_SECONDS = 0.3
-# While a stream runs, keep the session alive this far ahead (checked this often).
-SESSION_MARGIN_SECONDS = 600.0
-SESSION_CHECK_SECONDS = 60.0
 CREATE_CONFLICT_WAIT_SECONDS = 30.0
 # vercel/sandbox/_internal/pagination.py allows pages of 1 to 50.
 QUERY_PAGE_SIZE = 50
@@ -330,7 +327,8 @@ class VercelDriver(Driver):
     async def delete(self, native_id: str) -> None:
         try:
             sandbox = await self._sandbox(native_id)
-            await self._call(f"sandbox {native_id}", lambda: sandbox.destroy(delete_orphan_snapshots=True))
+            # Idempotent, so retried: a retry that finds the sandbox gone has what it wants.
+            await self._call(f"sandbox {native_id}", lambda: sandbox.destroy(delete_orphan_snapshots=True), retry=True)
         except ApiError as err:
             if err.code != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -358,19 +356,30 @@ class VercelDriver(Driver):
 
     # -- processes -----------------------------------------------------------------------------------------
 
-    async def _keep_session(self, sandbox: Sandbox, expire_time: datetime) -> None:
-        """Extends the running session so it lasts SESSION_MARGIN_SECONDS more, but never past the sandbox's
-        expiry: long agent runs outlive the session length chosen at creation."""
+    @staticmethod
+    def _session_end(sandbox: Sandbox) -> float | None:
         session = sandbox.current_session
         if session is None or session.started_at is None or session.execution_time_limit is None:
-            return
-        ends = session.started_at / 1000 + session.execution_time_limit.total_seconds()
-        wanted = min(time.time() + SESSION_MARGIN_SECONDS, expire_time.timestamp())
-        if wanted - ends >= 1:
+            return None
+        return session.started_at / 1000 + session.execution_time_limit.total_seconds()
+
+    async def _keep_session(self, sandbox: Sandbox, expire_time: datetime) -> None:
+        """Extends the running session so it lasts vercel_session_margin_seconds more, but never past the sandbox's
+        expiry: long agent runs outlive the session length chosen at creation (Vercel caps a session's
+        total length by plan; past that the extension fails and the session ends)."""
+        ends = self._session_end(sandbox)
+        wanted = min(time.time() + self._settings.vercel_session_margin_seconds, expire_time.timestamp())
+        if ends is not None and wanted - ends >= 1:
             await self._call(
                 f"sandbox {sandbox.name}",
                 lambda: sandbox.extend_execution_time_limit(timedelta(seconds=math.ceil(wanted - ends))),
             )
+
+    async def _keep_session_forever(self, native_id: str, expire_time: datetime) -> None:
+        while True:
+            await asyncio.sleep(self._settings.vercel_session_check_seconds)
+            with contextlib.suppress(ApiError):  # the next round tries again
+                await self._keep_session(await self._sandbox(native_id), expire_time)
 
     async def stream(
         self, native_id: str, argv: list[str], env: dict[str, str] | None = None
@@ -389,8 +398,14 @@ class VercelDriver(Driver):
         )
         reader = process.stdout
         assert reader is not None
-        checked = time.monotonic()
         finished = False
+        # Only sessions shorter than the sandbox's life need watching while the command runs (also in silence).
+        ends = self._session_end(sandbox)
+        keeper = (
+            asyncio.create_task(self._keep_session_forever(native_id, expire_time))
+            if ends is not None and ends < expire_time.timestamp()
+            else None
+        )
         try:
             while True:
                 try:
@@ -406,11 +421,9 @@ class VercelDriver(Driver):
                     yield Exit(int(payload))
                     return
                 yield Output(1 if tag == "1" else 2, base64.b64decode(payload))
-                if time.monotonic() - checked > SESSION_CHECK_SECONDS:
-                    checked = time.monotonic()
-                    with contextlib.suppress(ApiError):
-                        await self._keep_session(await self._sandbox(native_id), expire_time)
         finally:
+            if keeper is not None:
+                keeper.cancel()
             # Releases the log connection, also when the consumer stops early; then ends the framer (and
             # so the follower it runs), which would otherwise keep running with nobody reading it.
             await reader.aclose()

@@ -27,6 +27,10 @@ class VercelSettings(ProviderSettings):
     vercel_max_vcpus: int = 8
     # The longest a Vercel session may run (5 hours on Pro and Enterprise, 45 minutes on Hobby).
     vercel_max_session_seconds: float = 5 * 3600.0
+    # While a command runs in a session shorter than its sandbox's life, the session is extended to last this
+    # much longer (checked this often), never past the sandbox's expiry.
+    vercel_session_margin_seconds: float = 600.0
+    vercel_session_check_seconds: float = 60.0
     # Each API request's timeout (log streams and waits have none).
     vercel_request_timeout_seconds: float = 60.0
     # Names this deployment in a sandbox tag; the reaper only deletes sandboxes with its own owner.

@@ -271,3 +271,25 @@ async def test_expired_sandbox_stops_and_is_reaped(
     finally:
         await c.delete(created.name)
         await c.close()
+
+
+async def test_silent_long_command_keeps_its_short_session_alive(
+    vercel: VercelHarness, make_stack: Callable[..., LocalStack]
+) -> None:
+    # Sessions of 5 s at first; a silent 8 s command outlives that only if the provider keeps extending it.
+    stack = make_stack(
+        vercel,
+        SANDBOX_VERCEL_MAX_SESSION_SECONDS="5",
+        SANDBOX_VERCEL_SESSION_MARGIN_SECONDS="4",
+        SANDBOX_VERCEL_SESSION_CHECK_SECONDS="1",
+    )
+    c = vercel.client(stack.address, stack.client_token)
+    created = await c.create()
+    try:
+        result = await c.run(created.name, ["sh", "-c", "sleep 8; echo done"])
+        assert bytes(result.stdout) == b"done\n"
+        assert result.finished is not None and result.finished.state == pb.Execution.STATE_SUCCEEDED
+        assert (await c.get(created.name)).state == pb.Sandbox.STATE_RUNNING
+    finally:
+        await c.delete(created.name)
+        await c.close()

@@ -89,6 +89,7 @@ class Command:
     started_at: int
     exit_code: int | None = None
     exec_id: str = ""
+    lost: bool = False  # the sandbox went away while it ran
     records: list[bytes] = field(default_factory=list)  # NDJSON lines, newline included
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -206,8 +207,9 @@ class Emulator:
 
     def vanish(self, name: str) -> None:
         """The sandbox disappears behind the SDK's back (as if destroyed from the dashboard)."""
-        sandbox = self.sandboxes.pop(name)
+        sandbox = self.sandboxes[name]
         self._remove_container(sandbox)
+        self.sandboxes.pop(name, None)
 
     def live_sandboxes(self) -> list[str]:
         return sorted(self.sandboxes)
@@ -270,7 +272,23 @@ class Emulator:
         if session.status == "running" and _now_ms() >= session.started_at + session.timeout_ms:
             self._stop(session)
 
+    def watch(self, stop: threading.Event) -> None:
+        """Stops sessions whose timeout ran out, also while nobody calls the API (runs in a thread)."""
+        while not stop.wait(0.25):
+            for session in list(self.sessions.values()):
+                with contextlib.suppress(Exception):
+                    self._expire(session)
+
+    @staticmethod
+    def _lose_commands(session: Session | None) -> None:
+        """Commands still running when their session ends never finish: decided before the container goes,
+        so no race with Docker's teardown makes them look finished."""
+        for command in session.commands.values() if session else ():
+            if not command.done.is_set():
+                command.lost = True
+
     def _stop(self, session: Session) -> None:
+        self._lose_commands(session)
         session.status = "stopped"
         session.stopped_at = _now_ms()
         sandbox = self.sandboxes.get(session.sandbox)
@@ -279,9 +297,22 @@ class Emulator:
                 self.api.stop(sandbox.container, timeout=0)
 
     def _remove_container(self, sandbox: Sandbox) -> None:
+        self._lose_commands(self.sessions.get(sandbox.session_id))
         if sandbox.container:
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
                 self.api.remove_container(sandbox.container, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as err:
+                if err.status_code != 409:
+                    raise
+                # Another request is removing it: return once it is gone.
+                for _ in range(200):
+                    try:
+                        self.api.inspect_container(sandbox.container)
+                    except docker.errors.NotFound:
+                        break
+                    time.sleep(0.05)
         session = self.sessions.get(sandbox.session_id)
         if session is not None:
             session.status = "stopped"
@@ -414,11 +445,14 @@ class Emulator:
         )
 
     async def destroy(self, request: Request) -> Response:
-        with self._lock:
-            sandbox = self.sandboxes.pop(request.path_params["name"], None)
+        sandbox = self.sandboxes.get(request.path_params["name"])
         if sandbox is None:
             return _error(404, "not_found", "Sandbox not found")
+        # The container goes first, so a sandbox the API no longer lists has no container left either.
         await asyncio.to_thread(self._remove_container, sandbox)
+        with self._lock:
+            if self.sandboxes.get(sandbox.name) is sandbox:
+                del self.sandboxes[sandbox.name]
         return self._sandbox_response(sandbox)
 
     # -- sessions ------------------------------------------------------------------------------------------
@@ -480,7 +514,7 @@ class Emulator:
             exec_id=exec_id,
         )
         session.commands[command.id] = command
-        threading.Thread(target=self._pump, args=(exec_id, command), daemon=True).start()
+        threading.Thread(target=self._pump, args=(exec_id, command, sandbox.container), daemon=True).start()
         if request.query_params.get("wait") == "true" and request.query_params.get("logs") == "true":
             # run_process: one NDJSON stream of the started command, its logs, then the finished command.
             async def body() -> AsyncIterator[bytes]:
@@ -492,7 +526,7 @@ class Emulator:
             return StreamingResponse(body(), media_type="application/x-ndjson")
         return JSONResponse({"command": command.payload()})
 
-    def _pump(self, exec_id: str, command: Command) -> None:
+    def _pump(self, exec_id: str, command: Command, container: str) -> None:
         """Captures a command's output as it comes; log readers replay it from the start."""
         decoders = {n: codecs.getincrementaldecoder("utf-8")(errors="replace") for n in ("stdout", "stderr")}
         try:
@@ -503,8 +537,11 @@ class Emulator:
                         if text:
                             command.records.append((json.dumps({"stream": stream, "data": text}) + "\n").encode())
             code = self.api.exec_inspect(exec_id)["ExitCode"]
+            if not self.api.inspect_container(container)["State"]["Running"]:
+                code = None  # the session stopped under the command
         except Exception:
             code = None  # the container went away under the command
+        command.lost = command.lost or code is None
         command.exit_code = 255 if code is None else code
         command.done.set()
 
@@ -561,9 +598,9 @@ class Emulator:
                     raise ConnectionAbortedError("injected: log stream dropped")
                 sent += len(chunk)
                 yield chunk
-            elif done:
+            elif done and not command.lost:
                 return
-            elif session.sandbox not in self.sandboxes or session.status != "running":
+            elif command.lost or session.sandbox not in self.sandboxes or session.status != "running":
                 # The sandbox went away while the command ran: the API reports it in-band.
                 error = {"code": "sandbox_stopped", "message": "The sandbox stopped"}
                 yield (json.dumps({"stream": "error", "data": error}) + "\n").encode()
@@ -593,10 +630,13 @@ class EmulatorServer:
         config = uvicorn.Config(emulator.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="vercel-emulator", daemon=True)
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=emulator.watch, args=(self._stopping,), daemon=True)
         self.url = ""
 
     def start(self) -> EmulatorServer:
         self._thread.start()
+        self._watcher.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
@@ -608,5 +648,7 @@ class EmulatorServer:
 
     def stop(self) -> None:
         self._server.should_exit = True
+        self._stopping.set()
         self._thread.join(timeout=10)
+        self._watcher.join(timeout=10)
         self.emulator.destroy_all()
