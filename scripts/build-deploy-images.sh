@@ -33,6 +33,13 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
   fi
 fi
 
+# One build at a time per machine: concurrent runs (parallel test sessions) would share and delete each
+# other's wheelhouse. A run that waited finds the images the other one built and does nothing.
+if command -v flock >/dev/null; then
+  exec 9>"${TMPDIR:-/tmp}/sandbox-platform-build-deploy-images.lock"
+  flock 9
+fi
+
 # The tag covers every input of the image, so a change anywhere rebuilds and nothing else does.
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
 digest=$( {
