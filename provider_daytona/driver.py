@@ -61,7 +61,8 @@ PUSH_REFUSED = ("GIT_PUSH_REJECTED", "GIT_REMOTE_REJECTED", "GIT_AUTH_FAILED")
 # line per read (sysread returns what is there, so output stays live). The exit status is argv's.
 ENCODE = r'use MIME::Base64; binmode STDIN; $| = 1; while (sysread(STDIN, my $b, 65536)) { print encode_base64($b, ""), "\n" }'  # noqa: E501
 WRAP = r"""
-e=$1; shift
+e=$1 f=$2; shift 2
+if [ -n "$f" ]; then set -a; . "$f"; rm -f -- "$f"; set +a; fi
 set -o pipefail
 "$@" 2> >(perl -e "$e" >&2) | perl -e "$e"
 code=$?
@@ -324,10 +325,16 @@ class DaytonaDriver(Driver):
         sandbox = await self._sandbox(native_id)
         process = sandbox.process
         # One session per process: deleting it when the stream ends (or its consumer leaves) ends the
-        # command's process group and drops the command line (which carries env) from the daemon.
+        # command's process group.
         session = f"sbx-{uuid.uuid4().hex}"
-        assignments = [f"{k}={v}" for k, v in (env or {}).items()]
-        command = shlex.join(["env", *assignments, "bash", "-c", WRAP, "sandbox-daytona", ENCODE, *argv])
+        env_file = ""
+        if env:
+            # env may hold secrets: it goes in a private file that the command reads and deletes before it
+            # starts, so it is never part of a command line the daemon keeps or shows.
+            env_file = f"/tmp/.sandbox-env-{uuid.uuid4().hex}"
+            content = "".join(f"{key}={shlex.quote(value)}\n" for key, value in env.items()).encode()
+            await self._call(subject, lambda: sandbox.fs.upload_file(content, env_file))
+        command = shlex.join(["bash", "-c", WRAP, "sandbox-daytona", ENCODE, env_file, *argv])
         await self._call(subject, lambda: process.create_session(session))
         queue: asyncio.Queue[Output | BaseException | None] = asyncio.Queue(STREAM_BUFFER_CHUNKS)
         decoders = {1: _Lines(), 2: _Lines()}

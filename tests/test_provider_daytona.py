@@ -166,10 +166,20 @@ async def test_log_stream_dropped_midway_is_unavailable_then_reattaches(rpc: Cli
 async def test_env_is_not_left_in_session_history(rpc: Client, emulator: DaytonaEmulator) -> None:
     created = await rpc.create()
     try:
-        result = await rpc.run(created.name, ["sh", "-c", 'echo "$TOKENISH"'], env={"TOKENISH": "value-123456"})
-        assert bytes(result.stdout) == b"value-123456\n"
-        # Each process gets its own session, deleted when its stream ends, so no command line (which
-        # carries env) stays with the daemon.
+        value = "it's a value-123456\nwith $(no expansion)"
+        script = 'printf "%s" "$TOKENISH"; ls /tmp/.sandbox-env-* 2>/dev/null | wc -l'
+        emulator.requests.clear()
+        stream = rpc.run_stream(created.name, ["sh", "-c", f"{script}; sleep 1"], env={"TOKENISH": value})
+        commands: list[str] = []
+        result = Collected()
+        async for event in stream:
+            result.add(event)
+            commands = commands or emulator.session_commands(_native(created.name))
+        assert bytes(result.stdout) == value.encode() + b"0\n"  # the env file is gone once read
+        # env travels in a private file, never on a command line the daemon keeps, and each process's
+        # session is deleted when its stream ends.
+        assert commands and all("value-123456" not in c for c in commands)
+        assert any(r.endswith("/files/bulk-upload") for r in emulator.requests)
         assert emulator.session_commands(_native(created.name)) == []
     finally:
         await rpc.delete(created.name)

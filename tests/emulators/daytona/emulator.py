@@ -19,6 +19,7 @@ with /{sandboxId} (daytona/internal/toolbox_api_client_proxy.py)):
   GET    /toolbox/{id}/process/session/{sid}/command/{cid} the command and its exit code
   WS     /toolbox/{id}/process/session/{sid}/command/{cid}/logs?follow=true
   DELETE /toolbox/{id}/process/session/{sid}               kills the session's commands
+  POST   /toolbox/{id}/files/bulk-upload                   multipart files[i].path + files[i].file
   POST   /toolbox/{id}/git/push                            real git push, credentials for this call only
 
 Faults are injected from the test process with `inject()` (see Fault) and `vanish()`.
@@ -28,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
 import signal
 import socket
+import tarfile
 import threading
 import time
 import uuid
@@ -217,6 +220,7 @@ class DaytonaEmulator:
             Route("/toolbox/{sid}/process/session/{session}/command/{cmd}", self._command, methods=["GET"]),
             WebSocketRoute("/toolbox/{sid}/process/session/{session}/command/{cmd}/logs", self._logs),
             Route("/toolbox/{sid}/git/push", self._git_push, methods=["POST"]),
+            Route("/toolbox/{sid}/files/bulk-upload", self._upload, methods=["POST"]),
         ]
         return self._middleware(Starlette(routes=routes))
 
@@ -493,6 +497,26 @@ class DaytonaEmulator:
         if command.done:
             body["exitCode"] = command.exit_code
         return JSONResponse(body)
+
+    async def _upload(self, request: Request) -> Response:
+        sandbox = self._toolbox(request)
+        if isinstance(sandbox, Response):
+            return sandbox
+        form = await request.form()
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            for index in range(len(form) // 2):
+                path, upload = form[f"files[{index}].path"], form[f"files[{index}].file"]
+                assert isinstance(path, str) and not isinstance(upload, str)
+                data = await upload.read()
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+        try:
+            await asyncio.to_thread(self._docker.put_archive, sandbox.container, "/", archive.getvalue())
+        except docker.errors.NotFound:
+            return _error(404, "sandbox not found")
+        return Response(status_code=200)
 
     async def _git_push(self, request: Request) -> Response:
         sandbox = self._toolbox(request)
