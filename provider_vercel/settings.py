@@ -16,11 +16,8 @@ class VercelSettings(ProviderSettings):
     vercel_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("VERCEL_TOKEN"))
     vercel_team_id: str = Field(default="", validation_alias=AliasChoices("VERCEL_TEAM_ID"))
     vercel_project_id: str = Field(default="", validation_alias=AliasChoices("VERCEL_PROJECT_ID"))
-    # The Sandbox API's base URL (the SDK's default is Vercel's own).
-    vercel_api_url: str = Field(
-        default="https://vercel.com/api",
-        validation_alias=AliasChoices("VERCEL_SANDBOX_API_URL", "SANDBOX_VERCEL_API_URL"),
-    )
+    # The Sandbox API's base URL (the SDK's default is Vercel's own); SANDBOX_VERCEL_API_URL.
+    vercel_api_url: str = "https://vercel.com/api"
     # The runtime image when the request names none; empty lets Vercel choose its default runtime.
     vercel_default_image: str = ""
     vercel_default_vcpus: int = 2

@@ -164,7 +164,7 @@ async def test_unreachable_api_is_unavailable(vercel: VercelHarness, make_stack:
     with socket.socket() as s:  # a loopback port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    stack = make_stack(vercel, VERCEL_SANDBOX_API_URL=f"http://127.0.0.1:{port}/")
+    stack = make_stack(vercel, SANDBOX_VERCEL_API_URL=f"http://127.0.0.1:{port}/")
     c = vercel.client(stack.address, stack.client_token)
     try:
         err = await _fails(c.create())

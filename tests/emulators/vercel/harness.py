@@ -29,7 +29,7 @@ class VercelHarness(ProviderHarness):
             "VERCEL_TOKEN": self.token,
             "VERCEL_TEAM_ID": TEAM_ID,
             "VERCEL_PROJECT_ID": PROJECT_ID,
-            "VERCEL_SANDBOX_API_URL": self.server.url,
+            "SANDBOX_VERCEL_API_URL": self.server.url,
             "SANDBOX_VERCEL_OWNER": self.owner,
             "SANDBOX_VERCEL_DEFAULT_IMAGE": "sandbox-base:bookworm-2",
         }
