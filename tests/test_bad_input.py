@@ -18,8 +18,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 Call = Callable[[Client, str], Awaitable[Any]]
 
 
-def create(**spec: Any) -> Call:
+def create(**fields: Any) -> Call:
     async def call(c: Client, _: str) -> Any:
+        spec = dict(fields)  # a fresh copy per call: the same case runs once per provider
         labels = spec.pop("labels", {})
         request_id = spec.pop("request_id", "")
         provider = spec.pop("provider", "")
