@@ -41,11 +41,13 @@ def rpc(method: str, request: Any) -> Call:
     """Calls method; names written for docker below are rewritten for the provider under test."""
 
     async def call(c: Client, _: str) -> Any:
+        message = type(request)()
+        message.CopyFrom(request)  # a fresh copy per call: the same case runs once per provider
         for field in ("name", "parent"):
-            value = getattr(request, field, "")
+            value = getattr(message, field, "")
             if value.startswith("providers/docker"):
-                setattr(request, field, value.replace("providers/docker", f"providers/{c.provider}", 1))
-        result = getattr(c.stub, method)(request, metadata=c.metadata)
+                setattr(message, field, value.replace("providers/docker", f"providers/{c.provider}", 1))
+        result = getattr(c.stub, method)(message, metadata=c.metadata)
         if hasattr(result, "read"):  # a stream: read its first event to get the status
             return await result.read()
         return await result
