@@ -28,7 +28,8 @@ async def test_create_get_list_run_delete(
     assert fetched.spec == created.spec
 
     listed = await client.stub.ListSandboxes(
-        pb.ListSandboxesRequest(parent=f"providers/{client.provider}", labels={"purpose": "lifecycle"}), metadata=client.metadata
+        pb.ListSandboxesRequest(parent=f"providers/{client.provider}", labels={"purpose": "lifecycle"}),
+        metadata=client.metadata,
     )
     assert [s.name for s in listed.sandboxes] == [created.name]
 
