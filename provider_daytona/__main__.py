@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from pydantic import ValidationError
-
 from provider_daytona.driver import DaytonaDriver
 from provider_daytona.settings import DaytonaSettings
-from provider_kit.server import exit_on_bad_settings, serve_provider
+from provider_kit.server import run_provider
 
 
 def main() -> None:
-    try:
-        settings = DaytonaSettings()  # type: ignore[call-arg]  # fields come from the environment
-    except ValidationError as err:
-        exit_on_bad_settings(err)
-        return
-    asyncio.run(serve_provider(DaytonaDriver(settings), settings))
+    run_provider(DaytonaSettings, DaytonaDriver)
 
 
 if __name__ == "__main__":

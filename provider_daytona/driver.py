@@ -18,7 +18,7 @@ import math
 import shlex
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -40,14 +40,12 @@ from daytona_api_client_async import SandboxListItem, SandboxState
 
 from provider_daytona.errors import map_daytona_error
 from provider_daytona.settings import DaytonaSettings
+from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
-LABEL = "sandbox.platform/"
-USER_LABEL = "sandbox.platform.label/"
-META_LABEL = "sandbox.platform.meta/"
 # How many decoded output chunks may wait for the gRPC consumer before the WebSocket reader pauses.
 STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
@@ -69,14 +67,6 @@ code=$?
 wait $! 2>/dev/null
 exit $code
 """
-
-
-def _epoch(value: datetime) -> str:
-    return str(int(value.timestamp()))
-
-
-def _from_epoch(value: str) -> datetime:
-    return datetime.fromtimestamp(int(value or 0), UTC)
 
 
 def _state(state: SandboxState | None) -> sandbox_pb2.Sandbox.State.ValueType:
@@ -166,37 +156,10 @@ class DaytonaDriver(Driver):
         return spec
 
     def _labels(self, new: NewSandbox) -> dict[str, str]:
-        stored = sandbox_pb2.SandboxSpec()
-        stored.CopyFrom(new.spec)
-        stored.ClearField("env")  # values may be secrets; labels are listed with every sandbox
-        labels = {
-            f"{LABEL}managed-by": self._settings.daytona_owner,
-            f"{LABEL}tenant": new.tenant,
-            f"{LABEL}request-id": new.request_id,
-            f"{LABEL}request-hash": new.request_hash,
-            f"{LABEL}create-time": _epoch(new.create_time),
-            f"{LABEL}expire-time": _epoch(new.expire_time),
-            f"{LABEL}spec": base64.b64encode(stored.SerializeToString()).decode(),
-        }
-        labels.update({f"{USER_LABEL}{key}": value for key, value in new.labels.items()})
-        labels.update({f"{META_LABEL}{key}": value for key, value in new.metadata.items()})
-        return labels
+        return records.encode(new, self._settings.daytona_owner)
 
     def _record(self, dto: SandboxDto | SandboxListItem | AsyncSandbox) -> SandboxRecord:
-        labels: dict[str, str] = dict(dto.labels or {})
-        spec = sandbox_pb2.SandboxSpec.FromString(base64.b64decode(labels.get(f"{LABEL}spec", "")))
-        return SandboxRecord(
-            native_id=dto.id,
-            tenant=labels.get(f"{LABEL}tenant", ""),
-            request_id=labels.get(f"{LABEL}request-id", ""),
-            request_hash=labels.get(f"{LABEL}request-hash", ""),
-            spec=spec,
-            labels={k.removeprefix(USER_LABEL): v for k, v in labels.items() if k.startswith(USER_LABEL)},
-            state=_state(dto.state),
-            create_time=_from_epoch(labels.get(f"{LABEL}create-time", "")),
-            expire_time=_from_epoch(labels.get(f"{LABEL}expire-time", "")),
-            metadata={k.removeprefix(META_LABEL): v for k, v in labels.items() if k.startswith(META_LABEL)},
-        )
+        return records.decode(dto.id, dict(dto.labels or {}), _state(dto.state))
 
     def _params(self, new: NewSandbox, name: str) -> CreateSandboxFromImageParams | CreateSandboxFromSnapshotParams:
         spec = new.spec
@@ -264,7 +227,7 @@ class DaytonaDriver(Driver):
 
     async def _sandbox(self, native_id: str) -> AsyncSandbox:
         sandbox = await self._call(f"sandbox {native_id}", lambda: self._client().get(native_id), read=True)
-        if (sandbox.labels or {}).get(f"{LABEL}managed-by") != self._settings.daytona_owner:
+        if (sandbox.labels or {}).get(records.OWNER_KEY) != self._settings.daytona_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         return sandbox
 
@@ -272,7 +235,7 @@ class DaytonaDriver(Driver):
         return self._record(await self._sandbox(native_id))
 
     async def _managed(self, labels: dict[str, str]) -> list[AsyncSandbox]:
-        query = ListSandboxesQuery(labels={f"{LABEL}managed-by": self._settings.daytona_owner, **labels}, limit=100)
+        query = ListSandboxesQuery(labels={records.OWNER_KEY: self._settings.daytona_owner, **labels}, limit=100)
 
         async def collect() -> list[AsyncSandbox]:
             return [s async for s in self._client().list(query)]
@@ -280,9 +243,9 @@ class DaytonaDriver(Driver):
         return await self._call("sandboxes", collect, read=True)
 
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
-        wanted = {f"{LABEL}tenant": tenant, **{f"{USER_LABEL}{k}": v for k, v in labels.items()}}
-        records = sorted((self._record(s) for s in await self._managed(wanted)), key=lambda r: r.native_id)
-        return [r for r in records if r.native_id > after][:limit]
+        wanted = {records.TENANT_KEY: tenant, **{f"{records.USER_LABEL}{k}": v for k, v in labels.items()}}
+        found = sorted((self._record(s) for s in await self._managed(wanted)), key=lambda r: r.native_id)
+        return [r for r in found if r.native_id > after][:limit]
 
     async def delete(self, native_id: str) -> None:
         try:
@@ -297,7 +260,7 @@ class DaytonaDriver(Driver):
         expired = [
             s.id
             for s in await self._managed({})
-            if (s.labels or {}).get(f"{LABEL}expire-time") and _from_epoch(s.labels[f"{LABEL}expire-time"]) <= now
+            if (s.labels or {}).get(records.EXPIRE_KEY) and records.from_epoch(s.labels[records.EXPIRE_KEY]) <= now
         ]
         for native_id in expired:
             await self.delete(native_id)
@@ -306,7 +269,7 @@ class DaytonaDriver(Driver):
     async def ready(self) -> bool:
         # A query that matches nothing: one authenticated round trip, and the SDK's traced generator runs to
         # its end (breaking out of it leaves it to be finalized in another context, which OpenTelemetry logs).
-        query = ListSandboxesQuery(labels={f"{LABEL}readiness-probe": "1"}, limit=1)
+        query = ListSandboxesQuery(labels={f"{records.KEY}readiness-probe": "1"}, limit=1)
         try:
             async for _ in self._client().list(query):
                 pass

@@ -8,7 +8,6 @@ is kept in the container's labels, so any replica can serve any sandbox.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import socket
@@ -16,7 +15,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import docker
@@ -27,27 +26,17 @@ from docker.utils.socket import frames_iter
 
 from provider_docker.errors import map_docker_error
 from provider_docker.settings import DockerSettings
+from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
-LABEL = "sandbox.platform/"
-USER_LABEL = "sandbox.platform.label/"
-META_LABEL = "sandbox.platform.meta/"
 # How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
 STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
 # The API version used until the engine's own is known (Docker 20.10 and newer speak it).
 FALLBACK_API_VERSION = "1.41"
-
-
-def _epoch(value: datetime) -> str:
-    return str(int(value.timestamp()))
-
-
-def _from_epoch(value: str) -> datetime:
-    return datetime.fromtimestamp(int(value or 0), UTC)
 
 
 class DockerDriver(Driver):
@@ -127,38 +116,9 @@ class DockerDriver(Driver):
             return f"sbx-{digest[:20]}"
         return f"sbx-{uuid.uuid4().hex[:20]}"
 
-    def _labels(self, new: NewSandbox) -> dict[str, str]:
-        stored = sandbox_pb2.SandboxSpec()
-        stored.CopyFrom(new.spec)
-        stored.ClearField("env")  # values may be secrets; labels are readable by anyone with engine access
-        labels = {
-            f"{LABEL}managed-by": self._settings.docker_owner,
-            f"{LABEL}tenant": new.tenant,
-            f"{LABEL}request-id": new.request_id,
-            f"{LABEL}request-hash": new.request_hash,
-            f"{LABEL}create-time": _epoch(new.create_time),
-            f"{LABEL}expire-time": _epoch(new.expire_time),
-            f"{LABEL}spec": base64.b64encode(stored.SerializeToString()).decode(),
-        }
-        labels.update({f"{USER_LABEL}{key}": value for key, value in new.labels.items()})
-        labels.update({f"{META_LABEL}{key}": value for key, value in new.metadata.items()})
-        return labels
-
     def _record(self, name: str, labels: dict[str, str], state: str) -> SandboxRecord:
-        spec = sandbox_pb2.SandboxSpec.FromString(base64.b64decode(labels.get(f"{LABEL}spec", "")))
         states = {"running": sandbox_pb2.Sandbox.STATE_RUNNING, "created": sandbox_pb2.Sandbox.STATE_STARTING}
-        return SandboxRecord(
-            native_id=name.lstrip("/"),
-            tenant=labels.get(f"{LABEL}tenant", ""),
-            request_id=labels.get(f"{LABEL}request-id", ""),
-            request_hash=labels.get(f"{LABEL}request-hash", ""),
-            spec=spec,
-            labels={k.removeprefix(USER_LABEL): v for k, v in labels.items() if k.startswith(USER_LABEL)},
-            state=states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED),
-            create_time=_from_epoch(labels.get(f"{LABEL}create-time", "")),
-            expire_time=_from_epoch(labels.get(f"{LABEL}expire-time", "")),
-            metadata={k.removeprefix(META_LABEL): v for k, v in labels.items() if k.startswith(META_LABEL)},
-        )
+        return records.decode(name.lstrip("/"), labels, states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED))
 
     async def create(self, new: NewSandbox) -> SandboxRecord:
         name = self._container_name(new)
@@ -178,7 +138,7 @@ class DockerDriver(Driver):
                 self._api.create_container,
                 image=spec.image,
                 name=name,
-                labels=self._labels(new),
+                labels=records.encode(new, self._settings.docker_owner),
                 host_config=host_config,
                 entrypoint=["sleep", "infinity"],
                 command=[],
@@ -206,7 +166,7 @@ class DockerDriver(Driver):
             with contextlib.suppress(Exception):
                 await self._call(subject, self._api.remove_container, name, force=True, v=True)
             raise
-        return self._record(name, self._labels(new), "running")
+        return self._record(name, records.encode(new, self._settings.docker_owner), "running")
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a container whose name another request has reserved. The engine reserves the name before
@@ -223,19 +183,19 @@ class DockerDriver(Driver):
     async def get(self, native_id: str) -> SandboxRecord:
         attrs = await self._call(f"sandbox {native_id}", self._api.inspect_container, native_id)
         labels = attrs["Config"].get("Labels") or {}
-        if labels.get(f"{LABEL}managed-by") != self._settings.docker_owner:
+        if labels.get(records.OWNER_KEY) != self._settings.docker_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         return self._record(attrs["Name"], labels, attrs["State"]["Status"])
 
     async def _managed(self, *filters: str) -> list[dict[str, Any]]:
-        labels = [f"{LABEL}managed-by={self._settings.docker_owner}", *filters]
+        labels = [f"{records.OWNER_KEY}={self._settings.docker_owner}", *filters]
         return await self._call("sandboxes", self._api.containers, all=True, filters={"label": labels})
 
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
-        filters = [f"{LABEL}tenant={tenant}", *(f"{USER_LABEL}{k}={v}" for k, v in labels.items())]
-        records = [self._record(c["Names"][0], c["Labels"], c["State"]) for c in await self._managed(*filters)]
-        records.sort(key=lambda r: r.native_id)
-        return [r for r in records if r.native_id > after][:limit]
+        filters = [f"{records.TENANT_KEY}={tenant}", *(f"{records.USER_LABEL}{k}={v}" for k, v in labels.items())]
+        found = [self._record(c["Names"][0], c["Labels"], c["State"]) for c in await self._managed(*filters)]
+        found.sort(key=lambda r: r.native_id)
+        return [r for r in found if r.native_id > after][:limit]
 
     async def delete(self, native_id: str) -> None:
         try:
@@ -249,7 +209,7 @@ class DockerDriver(Driver):
         expired = [
             c["Names"][0].lstrip("/")
             for c in await self._managed()
-            if c["Labels"].get(f"{LABEL}expire-time") and _from_epoch(c["Labels"][f"{LABEL}expire-time"]) <= now
+            if c["Labels"].get(records.EXPIRE_KEY) and records.from_epoch(c["Labels"][records.EXPIRE_KEY]) <= now
         ]
         for name in expired:
             await self.delete(name)

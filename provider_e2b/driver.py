@@ -13,7 +13,6 @@ argv as argv (no shell string), and has no overall deadline (timeout_ms=None), s
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import math
@@ -37,27 +36,17 @@ from e2b.exceptions import SandboxException
 
 from provider_e2b.errors import map_e2b_error
 from provider_e2b.settings import E2BSettings
+from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
-KEY = "sandbox.platform/"
-USER_LABEL = "sandbox.platform.label/"
-META_LABEL = "sandbox.platform.meta/"
 CONNECTED_CACHE_SIZE = 256
 LIST_PAGE_SIZE = 100
 # Processes run as root, like docker exec does; the kit drops to the image's agent user where it matters.
 PROCESS_USER = "root"
 _FDS = {"stdout": 1, "stderr": 2}
-
-
-def _epoch(value: datetime) -> str:
-    return str(int(value.timestamp()))
-
-
-def _from_epoch(value: str) -> datetime:
-    return datetime.fromtimestamp(int(value or 0), UTC)
 
 
 class E2BDriver(Driver):
@@ -108,39 +97,15 @@ class E2BDriver(Driver):
         return out
 
     def _metadata(self, new: NewSandbox) -> dict[str, str]:
-        stored = sandbox_pb2.SandboxSpec()
-        stored.CopyFrom(new.spec)
-        stored.ClearField("env")  # values may be secrets; metadata is listed to anyone with the API key
-        metadata = {
-            f"{KEY}managed-by": self._settings.e2b_owner,
-            f"{KEY}tenant": new.tenant,
-            f"{KEY}request-id": new.request_id,
-            f"{KEY}request-hash": new.request_hash,
-            f"{KEY}create-time": _epoch(new.create_time),
-            f"{KEY}expire-time": _epoch(new.expire_time),
-            f"{KEY}spec": base64.b64encode(stored.SerializeToString()).decode(),
-        }
-        metadata.update({f"{USER_LABEL}{key}": value for key, value in new.labels.items()})
-        metadata.update({f"{META_LABEL}{key}": value for key, value in new.metadata.items()})
-        return metadata
+        return records.encode(new, self._settings.e2b_owner)
 
     def _record(self, native_id: str, metadata: dict[str, str], running: bool) -> SandboxRecord:
-        return SandboxRecord(
-            native_id=native_id,
-            tenant=metadata.get(f"{KEY}tenant", ""),
-            request_id=metadata.get(f"{KEY}request-id", ""),
-            request_hash=metadata.get(f"{KEY}request-hash", ""),
-            spec=sandbox_pb2.SandboxSpec.FromString(base64.b64decode(metadata.get(f"{KEY}spec", ""))),
-            labels={k.removeprefix(USER_LABEL): v for k, v in metadata.items() if k.startswith(USER_LABEL)},
-            state=sandbox_pb2.Sandbox.STATE_RUNNING if running else sandbox_pb2.Sandbox.STATE_STOPPED,
-            create_time=_from_epoch(metadata.get(f"{KEY}create-time", "")),
-            expire_time=_from_epoch(metadata.get(f"{KEY}expire-time", "")),
-            metadata={k.removeprefix(META_LABEL): v for k, v in metadata.items() if k.startswith(META_LABEL)},
-        )
+        state = sandbox_pb2.Sandbox.STATE_RUNNING if running else sandbox_pb2.Sandbox.STATE_STOPPED
+        return records.decode(native_id, metadata, state)
 
     async def create(self, new: NewSandbox) -> SandboxRecord:
         if new.request_id:
-            existing = await self._list({f"{KEY}tenant": new.tenant, f"{KEY}request-id": new.request_id})
+            existing = await self._list({records.TENANT_KEY: new.tenant, records.REQUEST_ID_KEY: new.request_id})
             if existing:
                 return min(existing, key=lambda r: r.native_id)
         # The SDK retries 429/5xx answers to create; the idempotency key makes that safe. Derived from tenant
@@ -177,23 +142,25 @@ class E2BDriver(Driver):
 
     async def get(self, native_id: str) -> SandboxRecord:
         info = await self._call(f"sandbox {native_id}", AsyncSandbox.get_info(native_id, **self._opts))
-        if info.metadata.get(f"{KEY}managed-by") != self._settings.e2b_owner:
+        if info.metadata.get(records.OWNER_KEY) != self._settings.e2b_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         return self._record(info.sandbox_id, info.metadata, info.state.value == "running")
 
     async def _list(self, metadata: dict[str, str]) -> list[SandboxRecord]:
-        query = SandboxQuery(metadata={f"{KEY}managed-by": self._settings.e2b_owner, **metadata})
+        query = SandboxQuery(metadata={records.OWNER_KEY: self._settings.e2b_owner, **metadata})
         pages = AsyncSandbox.list(query=query, limit=LIST_PAGE_SIZE, **self._opts)
-        records: list[SandboxRecord] = []
+        found: list[SandboxRecord] = []
         while pages.has_next:
             for info in await self._call("sandboxes", pages.next_items()):
-                records.append(self._record(info.sandbox_id, info.metadata, info.state.value == "running"))
-        return records
+                found.append(self._record(info.sandbox_id, info.metadata, info.state.value == "running"))
+        return found
 
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
-        records = await self._list({f"{KEY}tenant": tenant, **{f"{USER_LABEL}{k}": v for k, v in labels.items()}})
-        records.sort(key=lambda r: r.native_id)
-        return [r for r in records if r.native_id > after][:limit]
+        found = await self._list(
+            {records.TENANT_KEY: tenant, **{f"{records.USER_LABEL}{k}": v for k, v in labels.items()}}
+        )
+        found.sort(key=lambda r: r.native_id)
+        return [r for r in found if r.native_id > after][:limit]
 
     async def delete(self, native_id: str) -> None:
         self._connected.pop(native_id, None)
@@ -208,7 +175,7 @@ class E2BDriver(Driver):
         return len(expired)
 
     async def ready(self) -> bool:
-        query = SandboxQuery(metadata={f"{KEY}managed-by": self._settings.e2b_owner})
+        query = SandboxQuery(metadata={records.OWNER_KEY: self._settings.e2b_owner})
         try:
             await AsyncSandbox.list(query=query, limit=1, **self._opts).next_items()
         except Exception:

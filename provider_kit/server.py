@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,6 +25,7 @@ from provider_kit.telemetry import server_interceptors, setup_telemetry, shutdow
 from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", bound=ProviderSettings)
 
 #: The named health service: SERVING only while the server can do its job (its backend answers).
 SERVICE_NAME: str = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxProvider"].full_name
@@ -145,6 +146,17 @@ async def serve_provider(driver: Driver, settings: ProviderSettings) -> None:
         background=reap_forever,
         on_stop=driver.close,
     )
+
+
+def run_provider(settings_class: type[P], make_driver: Callable[[P], Driver]) -> None:
+    """The body of every provider's `python -m provider_<name>`: settings from the environment (a clear error
+    and exit code 2 when they are wrong), then serve until SIGTERM."""
+    try:
+        settings = settings_class()  # type: ignore[call-arg]  # fields come from the environment
+    except ValidationError as err:
+        exit_on_bad_settings(err)
+        return
+    asyncio.run(serve_provider(make_driver(settings), settings))
 
 
 def exit_on_bad_settings(error: Exception) -> None:

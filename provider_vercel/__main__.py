@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from pydantic import ValidationError
-
-from provider_kit.server import exit_on_bad_settings, serve_provider
+from provider_kit.server import run_provider
 from provider_vercel.driver import VercelDriver
 from provider_vercel.settings import VercelSettings
 
 
 def main() -> None:
-    try:
-        settings = VercelSettings()  # type: ignore[call-arg]  # fields come from the environment
-    except ValidationError as err:
-        exit_on_bad_settings(err)
-        return
-    asyncio.run(serve_provider(VercelDriver(settings), settings))
+    run_provider(VercelSettings, VercelDriver)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -42,6 +42,7 @@ from vercel.sandbox import (
     TagFilter,
 )
 
+from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, invalid_argument, not_found, unavailable
 from provider_vercel.errors import map_vercel_error
@@ -94,14 +95,6 @@ my $code = ($? & 127) ? 128 + ($? & 127) : $? >> 8;
 print "x$code\n";
 exit $code;
 """
-
-
-def _epoch(value: datetime) -> str:
-    return str(int(value.timestamp()))
-
-
-def _from_epoch(value: str) -> datetime:
-    return datetime.fromtimestamp(int(value or 0), UTC)
 
 
 def _pack(data: dict[str, Any]) -> str:
@@ -206,20 +199,17 @@ class VercelDriver(Driver):
     # -- records -------------------------------------------------------------------------------------------
 
     def _tags(self, new: NewSandbox) -> dict[str, str]:
-        stored = sandbox_pb2.SandboxSpec()
-        stored.CopyFrom(new.spec)
-        stored.ClearField("env")  # values may be secrets; tags are readable by anyone with project access
         record = {
             "h": new.request_hash,
-            "c": _epoch(new.create_time),
-            "s": base64.b64encode(stored.SerializeToString()).decode(),
+            "c": records.epoch(new.create_time),
+            "s": records.encode_spec(new.spec),
             "l": new.labels,
             "m": new.metadata,
         }
         return {
             TAG_OWNER: self._settings.vercel_owner,
             TAG_TENANT: new.tenant,
-            TAG_EXPIRE: _epoch(new.expire_time),
+            TAG_EXPIRE: records.epoch(new.expire_time),
             TAG_REQUEST: new.request_id,
             TAG_RECORD: _pack(record),
         }
@@ -227,7 +217,7 @@ class VercelDriver(Driver):
     def _record(self, sandbox: Sandbox) -> SandboxRecord:
         tags = sandbox.tags or {}
         record = _unpack(tags.get(TAG_RECORD, ""))
-        spec = sandbox_pb2.SandboxSpec.FromString(base64.b64decode(record.get("s", "")))
+        spec = records.decode_spec(str(record.get("s", "")))
         status = sandbox.status
         if sandbox.current_session is not None and sandbox.current_session.status is not None:
             status = sandbox.current_session.status
@@ -245,8 +235,8 @@ class VercelDriver(Driver):
             state=states.get(status, sandbox_pb2.Sandbox.STATE_STOPPED)
             if status
             else sandbox_pb2.Sandbox.STATE_STOPPED,
-            create_time=_from_epoch(str(record.get("c", ""))),
-            expire_time=_from_epoch(tags.get(TAG_EXPIRE, "")),
+            create_time=records.from_epoch(str(record.get("c", ""))),
+            expire_time=records.from_epoch(tags.get(TAG_EXPIRE, "")),
             metadata=dict(record.get("m") or {}),
         )
 
@@ -315,14 +305,14 @@ class VercelDriver(Driver):
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
         # Vercel filters on one tag per query: the tenant; owner and labels are checked here.
         found = await self._query(TagFilter(key=TAG_TENANT, value=tenant))
-        records = [
+        mine = [
             self._record(s)
             for s in found
             if (s.tags or {}).get(TAG_OWNER) == self._settings.vercel_owner and s.name > after
         ]
-        records = [r for r in records if all(r.labels.get(k) == v for k, v in labels.items())]
-        records.sort(key=lambda r: r.native_id)
-        return records[:limit]
+        matching = [r for r in mine if all(r.labels.get(k) == v for k, v in labels.items())]
+        matching.sort(key=lambda r: r.native_id)
+        return matching[:limit]
 
     async def delete(self, native_id: str) -> None:
         try:
@@ -337,7 +327,7 @@ class VercelDriver(Driver):
         found = await self._query(TagFilter(key=TAG_OWNER, value=self._settings.vercel_owner))
         # A sandbox without an expiry was not made by a provider (never guess: leave it alone).
         expires = {s.name: (s.tags or {}).get(TAG_EXPIRE, "") for s in found}
-        expired = [name for name, expire in expires.items() if expire and _from_epoch(expire) <= now]
+        expired = [name for name, expire in expires.items() if expire and records.from_epoch(expire) <= now]
         for name in expired:
             await self.delete(name)
         return len(expired)
@@ -386,7 +376,7 @@ class VercelDriver(Driver):
     ) -> AsyncIterator[Output | Exit]:
         subject = f"sandbox {native_id}"
         sandbox = await self._sandbox(native_id)
-        expire_time = _from_epoch((sandbox.tags or {}).get(TAG_EXPIRE, ""))
+        expire_time = records.from_epoch((sandbox.tags or {}).get(TAG_EXPIRE, ""))
         with contextlib.suppress(ApiError):  # a failed extension must not fail the command
             await self._keep_session(sandbox, expire_time)
         # Not retried: a retry could run the command twice.
