@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import docker
@@ -18,6 +20,7 @@ from tests.git_server import GitServer
 from tests.harness import HARNESSES, OWNER_LABEL, ProviderHarness, selected_providers
 
 BASE_IMAGE = "sandbox-base:bookworm-2"
+STALE_TEST_CONTAINER_SECONDS = 3 * 3600
 # A second tenant's client token on the shared stack.
 OTHER_TENANT_TOKEN = secrets.token_urlsafe(24)
 
@@ -42,8 +45,15 @@ def docker_client() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
-def owner() -> str:
-    """A label value unique to this test session, so tests see only their own containers."""
+def owner(docker_client: docker.DockerClient) -> str:
+    """A label value unique to this test session, so tests see only their own containers. Containers of
+    earlier sessions that were killed mid-run (so never cleaned up) are removed once they are old enough not
+    to belong to a session still running."""
+    cutoff = time.time() - STALE_TEST_CONTAINER_SECONDS
+    for container in docker_client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        created = datetime.fromisoformat(container.attrs["Created"][:19]).replace(tzinfo=UTC).timestamp()
+        if container.labels.get(OWNER_LABEL, "").startswith("tests-") and created < cutoff:
+            container.remove(force=True)
     return f"tests-{uuid.uuid4().hex[:8]}"
 
 
