@@ -106,6 +106,19 @@ def _run(argv: list[str], *, timeout: float, env: dict[str, str] | None = None, 
     return done.stdout
 
 
+def _restricted(owner: str) -> dict[str, Any]:
+    """docker run options for a service container run as the manifests run it: read-only, no capabilities."""
+    return {
+        "detach": True,
+        "network_mode": "host",
+        "read_only": True,
+        "tmpfs": {"/tmp": ""},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "labels": {"sandbox.platform.test": owner},
+    }
+
+
 def _free_port() -> int:
     """A port nothing listens on right now (the servers refuse to share one: so_reuseport is off)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -290,15 +303,7 @@ async def test_cloud_provider_image_runs_a_command_against_its_emulated_cloud(
     harness = harnesses(provider)
     provider_port, orchestrator_port = _free_port(), _free_port()
     provider_token, client_token = uuid.uuid4().hex, uuid.uuid4().hex
-    common: dict[str, Any] = {
-        "detach": True,
-        "network_mode": "host",
-        "read_only": True,
-        "tmpfs": {"/tmp": ""},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
-        "labels": {"sandbox.platform.test": owner},
-    }
+    common = _restricted(owner)
     containers = []
     try:
         containers.append(
@@ -1147,15 +1152,7 @@ async def test_provider_drives_a_remote_engine_over_tls(
     provider_token = secrets["sandbox-provider-token"]["token"].decode()
     tenant_tokens = secrets["sandbox-tenant-tokens"]["tokens"].decode()
     (client_token,) = parse_tenant_tokens(tenant_tokens)
-    common: dict[str, Any] = {
-        "detach": True,
-        "network_mode": "host",
-        "read_only": True,
-        "tmpfs": {"/tmp": ""},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
-        "labels": {"sandbox.platform.test": owner},
-    }
+    common = _restricted(owner)
     containers = []
     try:
         containers.append(
