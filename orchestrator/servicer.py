@@ -143,6 +143,20 @@ class OrchestratorServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         result: sandbox_pb2.Execution = await self._unary(provider, "CancelExecution", request, context)
         return result
 
+    @unary_errors
+    async def WriteFile(self, request: sandbox_pb2.WriteFileRequest, context: Context) -> sandbox_pb2.WriteFileResponse:
+        provider = parse_sandbox_name(request.sandbox, "sandbox").provider
+        result: sandbox_pb2.WriteFileResponse = await self._unary(provider, "WriteFile", request, context)
+        return result
+
+    @stream_errors
+    async def ReadFile(
+        self, request: sandbox_pb2.ReadFileRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.ReadFileResponse]:
+        provider = parse_sandbox_name(request.sandbox, "sandbox").provider
+        async for chunk in self._stream(provider, "ReadFile", request, context):
+            yield chunk
+
     @stream_errors
     async def ExecuteAgent(
         self, request: sandbox_pb2.ExecuteAgentRequest, context: Context

@@ -281,6 +281,10 @@ class DaytonaDriver(Driver):
         if self._daytona is not None:
             await self._daytona.close()  # type: ignore[no-untyped-call]
 
+    async def upload(self, native_id: str, path: str, content: bytes) -> None:
+        sandbox = await self._sandbox(native_id)
+        await self._call(f"sandbox {native_id}", lambda: sandbox.fs.upload_file(content, path))
+
     async def stream(
         self, native_id: str, argv: list[str], env: dict[str, str] | None = None
     ) -> AsyncIterator[Output | Exit]:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
+import posixpath
 import socket
+import tarfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -224,6 +227,16 @@ class DockerDriver(Driver):
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
+
+    async def upload(self, native_id: str, path: str, content: bytes) -> None:
+        # The engine's archive API takes a tar to extract into a directory of the container.
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            info = tarfile.TarInfo(posixpath.basename(path))
+            info.size, info.mode = len(content), 0o600
+            archive.addfile(info, io.BytesIO(content))
+        subject = f"sandbox {native_id}"
+        await self._call(subject, self._api.put_archive, native_id, posixpath.dirname(path), buffer.getvalue())
 
     async def stream(
         self, native_id: str, argv: list[str], env: dict[str, str] | None = None

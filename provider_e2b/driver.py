@@ -198,6 +198,11 @@ class E2BDriver(Driver):
         sandbox = await self._call(f"sandbox {native_id}", AsyncSandbox.connect(native_id, **self._opts))
         return self._remember(sandbox)
 
+    async def upload(self, native_id: str, path: str, content: bytes) -> None:
+        sandbox, _ = await self._connect(native_id)
+        # As root, like every process the driver starts (PROCESS_USER).
+        await self._call(f"sandbox {native_id}", sandbox.files.write(path, content, user=PROCESS_USER))
+
     async def stream(
         self, native_id: str, argv: list[str], env: dict[str, str] | None = None
     ) -> AsyncIterator[Output | Exit]:

@@ -106,6 +106,13 @@ class Driver(abc.ABC):
         further than the consumer.
         """
 
+    @abc.abstractmethod
+    async def upload(self, native_id: str, path: str, content: bytes) -> None:
+        """Writes content to a new file at path, directly under /tmp, with the provider's own file API
+        (commands cannot carry megabytes: they have no stdin and an argument holds at most 128 KiB).
+        The kit moves the file into place afterwards (provider_kit/files.py), so owner, mode, parent
+        directories and atomicity are not the driver's concern."""
+
     async def run(self, native_id: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessResult:
         """Runs argv to completion and returns its output."""
         out, err = bytearray(), bytearray()

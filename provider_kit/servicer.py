@@ -23,6 +23,7 @@ from provider_kit.errors import (
     unary_errors,
 )
 from provider_kit.executions import Executions, timestamp
+from provider_kit.files import check_content, check_mode, read_file, write_file
 from provider_kit.names import ExecutionName, SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
 from provider_kit.settings import ProviderSettings
 from provider_kit.tasks import Tasks
@@ -227,6 +228,28 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         name = parse_execution_name(request.name)
         await self._check_running(name.sandbox, tenant)
         return await self._executions.cancel(name)
+
+    @unary_errors
+    async def WriteFile(self, request: sandbox_pb2.WriteFileRequest, context: Context) -> sandbox_pb2.WriteFileResponse:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.sandbox, "sandbox")
+        path = validation.absolute_path(request.path, "path", required=True)
+        mode = check_mode(request.mode)
+        content = check_content(request.content)
+        await self._check_running(name, tenant)
+        size = await write_file(self._driver, name.native_id, path, content, mode)
+        return sandbox_pb2.WriteFileResponse(path=path, size=size)
+
+    @stream_errors
+    async def ReadFile(
+        self, request: sandbox_pb2.ReadFileRequest, context: Context
+    ) -> AsyncIterator[sandbox_pb2.ReadFileResponse]:
+        tenant = self._tenant(context)
+        name = parse_sandbox_name(request.sandbox, "sandbox")
+        path = validation.absolute_path(request.path, "path", required=True)
+        await self._check_running(name, tenant)
+        async for offset, data in read_file(self._driver, name.native_id, path):
+            yield sandbox_pb2.ReadFileResponse(offset=offset, data=data)
 
     @stream_errors
     async def ExecuteAgent(

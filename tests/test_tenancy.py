@@ -68,6 +68,12 @@ async def test_other_tenant_sees_nothing(stack: LocalStack, client: Client, sand
             ).read(),
             "get_execution": other.stub.GetExecution(pb.GetExecutionRequest(name=done.name), metadata=other.metadata),
             "cancel": other.stub.CancelExecution(pb.CancelExecutionRequest(name=done.name), metadata=other.metadata),
+            "write_file": other.stub.WriteFile(
+                pb.WriteFileRequest(sandbox=sandbox, path="/tmp/intruder", content=b"x"), metadata=other.metadata
+            ),
+            "read_file": other.stub.ReadFile(
+                pb.ReadFileRequest(sandbox=sandbox, path="/etc/hostname"), metadata=other.metadata
+            ).read(),
         }
         for what, call in calls.items():
             with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -77,6 +77,16 @@ class SandboxProviderStub:
                 request_serializer=sandbox_dot_v1_dot_sandbox__pb2.CancelExecutionRequest.SerializeToString,
                 response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.Execution.FromString,
                 _registered_method=True)
+        self.WriteFile = channel.unary_unary(
+                '/sandbox.v1.SandboxProvider/WriteFile',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.WriteFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.WriteFileResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_stream(
+                '/sandbox.v1.SandboxProvider/ReadFile',
+                request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
         self.ListProviders = channel.unary_unary(
                 '/sandbox.v1.SandboxProvider/ListProviders',
                 request_serializer=sandbox_dot_v1_dot_sandbox__pb2.ListProvidersRequest.SerializeToString,
@@ -172,6 +182,21 @@ class SandboxProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteFile(self, request, context):
+        """Writes a file into a sandbox with the provider's own file API, creating missing parent directories and
+        replacing an existing file. The file belongs to the user commands run as.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """Reads a file from a sandbox, streamed in chunks of at most 1 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListProviders(self, request, context):
         """Lists the providers this server can reach and whether each is ready to serve.
         """
@@ -259,6 +284,16 @@ def add_SandboxProviderServicer_to_server(servicer, server):
                     servicer.CancelExecution,
                     request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.CancelExecutionRequest.FromString,
                     response_serializer=sandbox_dot_v1_dot_sandbox__pb2.Execution.SerializeToString,
+            ),
+            'WriteFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteFile,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.WriteFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.WriteFileResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=sandbox_dot_v1_dot_sandbox__pb2.ReadFileRequest.FromString,
+                    response_serializer=sandbox_dot_v1_dot_sandbox__pb2.ReadFileResponse.SerializeToString,
             ),
             'ListProviders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListProviders,
@@ -510,6 +545,60 @@ class SandboxProvider:
             '/sandbox.v1.SandboxProvider/CancelExecution',
             sandbox_dot_v1_dot_sandbox__pb2.CancelExecutionRequest.SerializeToString,
             sandbox_dot_v1_dot_sandbox__pb2.Execution.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/WriteFile',
+            sandbox_dot_v1_dot_sandbox__pb2.WriteFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.WriteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sandbox.v1.SandboxProvider/ReadFile',
+            sandbox_dot_v1_dot_sandbox__pb2.ReadFileRequest.SerializeToString,
+            sandbox_dot_v1_dot_sandbox__pb2.ReadFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,12 @@ class SandboxProviderStub:
     """Returns the current state of an execution."""
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.CancelExecutionRequest, _sandbox_pb2.Execution]
     """Stops a running execution (SIGTERM, then SIGKILL after a grace period) and returns its state."""
+    WriteFile: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.WriteFileRequest, _sandbox_pb2.WriteFileResponse]
+    """Writes a file into a sandbox with the provider's own file API, creating missing parent directories and
+    replacing an existing file. The file belongs to the user commands run as.
+    """
+    ReadFile: _grpc.UnaryStreamMultiCallable[_sandbox_pb2.ReadFileRequest, _sandbox_pb2.ReadFileResponse]
+    """Reads a file from a sandbox, streamed in chunks of at most 1 MiB."""
     ListProviders: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ListProvidersRequest, _sandbox_pb2.ListProvidersResponse]
     """Lists the providers this server can reach and whether each is ready to serve."""
     ExecuteAgent: _grpc.UnaryStreamMultiCallable[_sandbox_pb2.ExecuteAgentRequest, _sandbox_pb2.ExecutionEvent]
@@ -99,6 +105,12 @@ class SandboxProviderAsyncStub(SandboxProviderStub):
     """Returns the current state of an execution."""
     CancelExecution: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.CancelExecutionRequest, _sandbox_pb2.Execution]  # type: ignore[assignment]
     """Stops a running execution (SIGTERM, then SIGKILL after a grace period) and returns its state."""
+    WriteFile: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.WriteFileRequest, _sandbox_pb2.WriteFileResponse]  # type: ignore[assignment]
+    """Writes a file into a sandbox with the provider's own file API, creating missing parent directories and
+    replacing an existing file. The file belongs to the user commands run as.
+    """
+    ReadFile: _aio.UnaryStreamMultiCallable[_sandbox_pb2.ReadFileRequest, _sandbox_pb2.ReadFileResponse]  # type: ignore[assignment]
+    """Reads a file from a sandbox, streamed in chunks of at most 1 MiB."""
     ListProviders: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ListProvidersRequest, _sandbox_pb2.ListProvidersResponse]  # type: ignore[assignment]
     """Lists the providers this server can reach and whether each is ready to serve."""
     ExecuteAgent: _aio.UnaryStreamMultiCallable[_sandbox_pb2.ExecuteAgentRequest, _sandbox_pb2.ExecutionEvent]  # type: ignore[assignment]
@@ -189,6 +201,24 @@ class SandboxProviderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.Execution, _abc.Awaitable[_sandbox_pb2.Execution]]:
         """Stops a running execution (SIGTERM, then SIGKILL after a grace period) and returns its state."""
+
+    @_abc_1.abstractmethod
+    def WriteFile(
+        self,
+        request: _sandbox_pb2.WriteFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.WriteFileResponse, _abc.Awaitable[_sandbox_pb2.WriteFileResponse]]:
+        """Writes a file into a sandbox with the provider's own file API, creating missing parent directories and
+        replacing an existing file. The file belongs to the user commands run as.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _sandbox_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_pb2.ReadFileResponse], _abc.AsyncIterator[_sandbox_pb2.ReadFileResponse]]:
+        """Reads a file from a sandbox, streamed in chunks of at most 1 MiB."""
 
     @_abc_1.abstractmethod
     def ListProviders(

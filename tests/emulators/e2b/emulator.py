@@ -21,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import itertools
 import json
 import os
+import posixpath
 import re
 import secrets
 import signal
+import tarfile
 import threading
 import time
 import urllib.parse
@@ -253,7 +256,7 @@ class E2BEmulator:
             await _error(fault.status, "injected fault", fault.headers)(scope, receive, send)
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        if scope["path"].startswith("/process.Process/"):
+        if scope["path"] == "/files" or scope["path"].startswith("/process.Process/"):
             sandbox_id = headers.get("e2b-sandbox-id", "")
             with self._lock:
                 known = sandbox_id in self._sandboxes
@@ -268,7 +271,11 @@ class E2BEmulator:
             if fault is not None and fault.drop_after_events is not None:
                 # The start event, then that many output events, then the connection breaks.
                 send = _dropping(send, fault.drop_after_events + 1)
-            await self._envd(scope, receive, send)
+            if scope["path"] == "/files":
+                response = await self._files(sandbox_id, Request(scope, receive))
+                await response(scope, receive, send)
+            else:
+                await self._envd(scope, receive, send)
             return
         if scope["path"] != "/health" and headers.get("x-api-key") != self.api_key:
             await _error(401, "Invalid API key")(scope, receive, send)
@@ -451,6 +458,43 @@ class E2BEmulator:
         return self._created(sandbox, 200)
 
     # ---- envd processes ------------------------------------------------------------------------------------
+
+    # ---- envd files ----------------------------------------------------------------------------------------
+
+    async def _files(self, sandbox_id: str, request: Request) -> Response:
+        """envd's POST /files (e2b/envd/api.py ENVD_API_FILES_ROUTE): a multipart upload whose `file` parts are
+        named by their paths, or an octet-stream body for the `path` query parameter. Parent directories are
+        created; the answer lists the entries written ({name, type, path}, as WriteInfo.from_dict reads)."""
+        if request.method != "POST":
+            return _error(405, "only uploads are emulated")
+        user = request.query_params.get("username", "root")
+        if user != "root":
+            return _error(400, f"user {user!r} is not emulated (only root)")
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            uploads = [
+                (str(part.filename), await part.read()) for part in form.getlist("file") if not isinstance(part, str)
+            ]
+        else:
+            uploads = [(request.query_params.get("path", ""), await request.body())]
+        written = []
+        for path, data in uploads:
+            if not path.startswith("/"):
+                return _error(400, f"path {path!r} must be absolute in the emulator")
+            archive = io.BytesIO()
+            with tarfile.open(fileobj=archive, mode="w") as tar:
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+            try:
+                # The engine creates missing parent directories, as envd does.
+                await asyncio.to_thread(
+                    self._docker.put_archive, self.container_of(sandbox_id), "/", archive.getvalue()
+                )
+            except docker.errors.APIError as exc:
+                return _error(400, f"cannot write {path}: {exc.explanation}")
+            written.append({"name": posixpath.basename(path), "type": "file", "path": path})
+        return JSONResponse(written)
 
     def container_of(self, sandbox_id: str) -> str:
         sandbox = self._lookup(sandbox_id)

@@ -1,0 +1,99 @@
+"""WriteFile and ReadFile, written once over the driver's upload and process stream.
+
+A write goes in two steps so that every provider behaves the same: the driver's native file API puts the
+bytes at a fresh staging path in /tmp (which exists everywhere, so no driver has to create directories),
+then one command in the sandbox copies them next to the target and renames the copy into place. The rename
+makes the write atomic (a reader sees the old file or the new one, never half of it), `mv -T` refuses to
+replace a directory, the copy belongs to the user commands run as whoever the provider's file API writes
+as, and the mode is applied before the file appears.
+
+Reads stream `cat` through the driver's process stream, which every provider has already proven byte-exact
+and backpressured; the checks before it give the same errors on every provider.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from provider_kit.driver import Driver, Exit
+from provider_kit.errors import failed_precondition, internal, invalid_argument, not_found
+from provider_kit.streams import closing
+
+MAX_FILE_BYTES = 10 * 1024 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
+DEFAULT_MODE = 0o644
+STAGING_PREFIX = "/tmp/.sandbox-upload-"
+
+# Exit codes of the scripts below that name a problem with the caller's path.
+_MISSING, _NOT_A_FILE, _IS_A_DIRECTORY, _BAD_PARENT = 66, 67, 68, 69
+
+_PLACE = r"""
+staged=$1 path=$2 mode=$3
+tmp=$(dirname -- "$path")/.$(basename -- "$path").writing-$$
+trap 'rm -f -- "$staged" "$tmp"' EXIT
+[ -d "$path" ] && exit 68
+mkdir -p -- "$(dirname -- "$path")" 2>/dev/null || exit 69
+cp -- "$staged" "$tmp" 2>/dev/null || exit 69
+chmod "$mode" "$tmp" && mv -fT -- "$tmp" "$path" && stat -c %s -- "$path"
+"""
+
+_READ = r"""
+[ -e "$1" ] || exit 66
+[ -f "$1" ] || exit 67
+exec cat -- "$1"
+"""
+
+
+def check_mode(mode: int) -> int:
+    if mode > 0o7777:
+        raise invalid_argument("INVALID_FIELD", "mode must be permission bits no larger than 0o7777", field="mode")
+    return mode or DEFAULT_MODE
+
+
+def check_content(content: bytes) -> bytes:
+    if len(content) > MAX_FILE_BYTES:
+        raise invalid_argument(
+            "INVALID_FIELD",
+            f"content must be at most {MAX_FILE_BYTES} bytes; write larger data in parts or fetch it from "
+            "inside the sandbox",
+            field="content",
+        )
+    return content
+
+
+async def write_file(driver: Driver, native_id: str, path: str, content: bytes, mode: int) -> int:
+    """Writes content to path with the given permission bits; returns the file's size."""
+    staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    await driver.upload(native_id, staged, content)
+    result = await driver.run(native_id, ["sh", "-c", _PLACE, "place", staged, path, f"{mode:o}"])
+    if result.code == _IS_A_DIRECTORY:
+        raise failed_precondition("PATH_IS_A_DIRECTORY", f"{path} is a directory; name a file inside it", path=path)
+    if result.code == _BAD_PARENT:
+        raise failed_precondition(
+            "PARENT_NOT_WRITABLE", f"cannot create {path}: a parent is not a writable directory", path=path
+        )
+    if result.code != 0:
+        raise internal("FILE_WRITE_FAILED", f"writing {path} failed with exit code {result.code}")
+    return int(result.stdout.decode().strip() or 0)
+
+
+async def read_file(driver: Driver, native_id: str, path: str) -> AsyncIterator[tuple[int, bytes]]:
+    """Yields (offset, chunk) pairs of the regular file at path, chunks of at most READ_CHUNK_BYTES."""
+    offset = 0
+    async with closing(driver.stream(native_id, ["sh", "-c", _READ, "read", path])) as process:
+        async for item in process:
+            if isinstance(item, Exit):
+                if item.code == _MISSING:
+                    raise not_found("FILE_NOT_FOUND", f"{path} does not exist", path=path)
+                if item.code == _NOT_A_FILE:
+                    raise failed_precondition("NOT_A_REGULAR_FILE", f"{path} is not a regular file", path=path)
+                if item.code != 0:
+                    raise internal("FILE_READ_FAILED", f"reading {path} failed with exit code {item.code}")
+                return
+            if item.fd != 1:
+                continue
+            for start in range(0, len(item.data), READ_CHUNK_BYTES):
+                chunk = item.data[start : start + READ_CHUNK_BYTES]
+                yield offset, chunk
+                offset += len(chunk)
