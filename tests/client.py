@@ -91,6 +91,14 @@ class Client:
         )
         return self.stub.AttachExecution(request, metadata=self.metadata)
 
+    async def write_file(self, sandbox: str, path: str, content: bytes, mode: int = 0) -> pb.WriteFileResponse:
+        request = pb.WriteFileRequest(sandbox=sandbox, path=path, content=content, mode=mode)
+        return await self.stub.WriteFile(request, metadata=self.metadata)
+
+    async def read_file(self, sandbox: str, path: str) -> list[pb.ReadFileResponse]:
+        call = self.stub.ReadFile(pb.ReadFileRequest(sandbox=sandbox, path=path), metadata=self.metadata)
+        return [chunk async for chunk in call]
+
     async def run_agent(self, sandbox: str, agent: str, instruction: str, **kwargs: object) -> Collected:
         request = pb.ExecuteAgentRequest(sandbox=sandbox, agent=agent, instruction=instruction, **kwargs)  # type: ignore[arg-type]
         collected = Collected()

@@ -13,17 +13,6 @@ from sandbox.v1 import sandbox_pb2 as pb
 from tests.client import Client
 
 
-async def write(client: Client, sandbox: str, path: str, content: bytes, mode: int = 0) -> pb.WriteFileResponse:
-    request = pb.WriteFileRequest(sandbox=sandbox, path=path, content=content, mode=mode)
-    response: pb.WriteFileResponse = await client.stub.WriteFile(request, metadata=client.metadata)
-    return response
-
-
-async def read(client: Client, sandbox: str, path: str) -> list[pb.ReadFileResponse]:
-    call = client.stub.ReadFile(pb.ReadFileRequest(sandbox=sandbox, path=path), metadata=client.metadata)
-    return [chunk async for chunk in call]
-
-
 async def shell(client: Client, sandbox: str, script: str) -> str:
     result = await client.run(sandbox, ["sh", "-c", script])
     assert result.finished is not None and result.finished.exit_code == 0, bytes(result.stderr)
@@ -32,7 +21,7 @@ async def shell(client: Client, sandbox: str, script: str) -> str:
 
 async def test_written_file_is_byte_exact_with_parents_mode_and_owner(client: Client, sandbox: str) -> None:
     content = bytes(range(256)) * 4096 + os.urandom(3_000_000)  # every byte value, then 3 MB of noise
-    written = await write(client, sandbox, "/tmp/new/nested/dir/data.bin", content)
+    written = await client.write_file(sandbox, "/tmp/new/nested/dir/data.bin", content)
     assert (written.path, written.size) == ("/tmp/new/nested/dir/data.bin", len(content))
 
     listing = await shell(
@@ -44,25 +33,25 @@ async def test_written_file_is_byte_exact_with_parents_mode_and_owner(client: Cl
     assert files == ["data.bin"]  # no temporary file left beside it
     assert await shell(client, sandbox, "ls -A /tmp | grep -c sandbox-upload || true") == "0\n"
 
-    chunks = await read(client, sandbox, "/tmp/new/nested/dir/data.bin")
+    chunks = await client.read_file(sandbox, "/tmp/new/nested/dir/data.bin")
     assert b"".join(c.data for c in chunks) == content
     assert [c.offset for c in chunks] == [sum(len(c.data) for c in chunks[:i]) for i in range(len(chunks))]
     assert max(len(c.data) for c in chunks) <= 1024 * 1024
 
 
 async def test_executable_script_and_replacing_a_file(client: Client, sandbox: str) -> None:
-    await write(client, sandbox, "/tmp/tool.sh", b"#!/bin/sh\necho tool says $1\n", mode=0o755)
+    await client.write_file(sandbox, "/tmp/tool.sh", b"#!/bin/sh\necho tool says $1\n", mode=0o755)
     result = await client.run(sandbox, ["/tmp/tool.sh", "hi"])
     assert bytes(result.stdout) == b"tool says hi\n"
 
-    await write(client, sandbox, "/tmp/notes.txt", b"a much longer first version\n")
-    replaced = await write(client, sandbox, "/tmp/notes.txt", b"short\n", mode=0o600)
+    await client.write_file(sandbox, "/tmp/notes.txt", b"a much longer first version\n")
+    replaced = await client.write_file(sandbox, "/tmp/notes.txt", b"short\n", mode=0o600)
     assert replaced.size == 6
     assert await shell(client, sandbox, "stat -c %a /tmp/notes.txt; cat /tmp/notes.txt") == "600\nshort\n"
 
-    empty = await write(client, sandbox, "/tmp/empty", b"")
+    empty = await client.write_file(sandbox, "/tmp/empty", b"")
     assert empty.size == 0
-    assert await read(client, sandbox, "/tmp/empty") == []
+    assert await client.read_file(sandbox, "/tmp/empty") == []
 
 
 async def test_large_file_streams_back_in_chunks(client: Client, sandbox: str) -> None:
@@ -99,13 +88,13 @@ async def test_file_errors_are_clear_and_change_nothing(
 ) -> None:
     await shell(client, sandbox, "mkdir -p /tmp/keep && echo precious > /tmp/keep/file")
     calls = {
-        "read a missing file": lambda: read(client, sandbox, "/tmp/keep/missing"),
-        "read a directory": lambda: read(client, sandbox, "/tmp/keep"),
-        "write over a directory": lambda: write(client, sandbox, "/tmp/keep", b"x"),
-        "write under a regular file": lambda: write(client, sandbox, "/tmp/keep/file/child", b"x"),
-        "relative path": lambda: write(client, sandbox, "tmp/keep/file", b"x"),
-        "mode beyond permission bits": lambda: write(client, sandbox, "/tmp/keep/file", b"x", mode=0o17777),
-        "content over 10 MiB": lambda: write(client, sandbox, "/tmp/keep/file", b"x" * (10 * 1024 * 1024 + 1)),
+        "read a missing file": lambda: client.read_file(sandbox, "/tmp/keep/missing"),
+        "read a directory": lambda: client.read_file(sandbox, "/tmp/keep"),
+        "write over a directory": lambda: client.write_file(sandbox, "/tmp/keep", b"x"),
+        "write under a regular file": lambda: client.write_file(sandbox, "/tmp/keep/file/child", b"x"),
+        "relative path": lambda: client.write_file(sandbox, "tmp/keep/file", b"x"),
+        "mode beyond permission bits": lambda: client.write_file(sandbox, "/tmp/keep/file", b"x", mode=0o17777),
+        "content over 10 MiB": lambda: client.write_file(sandbox, "/tmp/keep/file", b"x" * (10 * 1024 * 1024 + 1)),
     }
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await calls[case]()

@@ -266,3 +266,17 @@ async def test_push_goes_through_the_native_git_api(
         assert token.encode() not in bytes(config.stdout)
     finally:
         await rpc.delete(created.name)
+
+
+async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await rpc.create()
+    try:
+        await rpc.write_file(created.name, "/tmp/kept", b"old")
+        emulator.inject(Fault(r"POST /toolbox/.*/files/bulk-upload$", status=500, times=-1))
+        await _expect(
+            rpc.write_file(created.name, "/tmp/kept", b"new"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE"
+        )
+        emulator.clear_faults()
+        assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"old"]
+    finally:
+        await rpc.delete(created.name)

@@ -260,3 +260,19 @@ async def test_a_consumer_that_stops_early_releases_the_stream(rpc: Client, emul
         await rpc.stub.CancelExecution(pb.CancelExecutionRequest(name=collected.name), metadata=rpc.metadata)
     finally:
         await rpc.delete(created.name)
+
+
+async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Client, emulator: E2BEmulator) -> None:
+    created = await rpc.create()
+    try:
+        await rpc.write_file(created.name, "/tmp/kept", b"old")
+        emulator.fail(r"^POST /files$", 429, times=None, headers={"Retry-After": "0"})
+        await expect(
+            rpc.write_file(created.name, "/tmp/kept", b"new"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "PROVIDER_RATE_LIMITED",
+        )
+        emulator.clear_faults()
+        assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"old"]
+    finally:
+        await rpc.delete(created.name)

@@ -293,3 +293,20 @@ async def test_silent_long_command_keeps_its_short_session_alive(
     finally:
         await c.delete(created.name)
         await c.close()
+
+
+async def test_failed_upload_is_retried_then_reported_and_leaves_the_file_as_it_was(
+    rpc: Client, emulator: Emulator
+) -> None:
+    created = await rpc.create()
+    try:
+        await rpc.write_file(created.name, "/tmp/kept", b"old")
+        emulator.inject(method="POST", path="/fs/write$", status=503, times=1)
+        await rpc.write_file(created.name, "/tmp/kept", b"new after a retry")
+        emulator.inject(method="POST", path="/fs/write$", status=503, times=100)
+        err = await _fails(rpc.write_file(created.name, "/tmp/kept", b"never written"))
+        assert (err.code(), _reason(err)) == (grpc.StatusCode.UNAVAILABLE, "VERCEL_UNAVAILABLE")
+        emulator.clear_faults()
+        assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"new after a retry"]
+    finally:
+        await rpc.delete(created.name)
