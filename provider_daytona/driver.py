@@ -43,6 +43,7 @@ from provider_daytona.settings import DaytonaSettings
 from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
+from provider_kit.workspace import DEFAULT_AUTHOR, Setup
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
@@ -82,6 +83,11 @@ def _state(state: SandboxState | None) -> sandbox_pb2.Sandbox.State.ValueType:
     ):
         return sandbox_pb2.Sandbox.STATE_STARTING
     return sandbox_pb2.Sandbox.STATE_STOPPED
+
+
+def _credentials(token: str) -> tuple[str | None, str | None]:
+    """A git token as the username/password pair Daytona's git API takes (hosts read the token as password)."""
+    return ("x-access-token", token) if token else (None, None)
 
 
 class _Lines:
@@ -348,24 +354,67 @@ class DaytonaDriver(Driver):
         # Only after the cleanup: consumers often stop at the Exit without closing the iterator.
         yield Exit(code)
 
-    native_git_push = True
+    native_git = True
 
-    async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
-        sandbox = await self._sandbox(native_id)
-        subject = f"sandbox {native_id}"
+    async def _git(self, native_id: str, token: str, failure: Callable[[str, str], ApiError], call: Awaitable[T]) -> T:
+        """One call of Daytona's git API. A refusal by git (the daemon's GIT_* errors) becomes
+        failure(daemon code, git's message without the token); anything else is mapped like other SDK errors."""
         try:
-            # Daytona's git API takes the credentials per call; they never reach the sandbox's files.
-            await sandbox.git.push(
-                directory, username="x-access-token" if token else None, password=token or None, branch=branch
-            )
+            return await call
         except DaytonaError as exc:
             if exc.source != SOURCE_DAEMON or not (exc.code or "").startswith("GIT_"):
-                raise map_daytona_error(exc, subject) or exc from exc
-            reason = exc.message.replace(token, "[REDACTED]") if token else exc.message
-            raise failed_precondition(
-                "PUSH_REJECTED" if exc.code in PUSH_REFUSED else "PUSH_FAILED",
-                f"the remote rejected the push of {branch}: {reason[-2000:]}",
-            ) from exc
+                raise map_daytona_error(exc, f"sandbox {native_id}") or exc from exc
+            message = exc.message.replace(token, "[REDACTED]") if token else exc.message
+            raise failure(exc.code or "", message[-2000:]) from exc
+
+    async def clone_workspace(self, native_id: str, setup: Setup, directory: str) -> None:
+        git = (await self._sandbox(native_id)).git
+        token = setup.token
+
+        def refused(code: str, message: str) -> ApiError:
+            return failed_precondition("CLONE_FAILED", f"cloning {setup.url} failed ({code}): {message}")
+
+        # Daytona's git API takes the credentials per call; they never reach the sandbox's files.
+        user, password = _credentials(token)
+        clone = git.clone(
+            setup.url,
+            directory,
+            branch=setup.base_ref or None,
+            depth=setup.depth or None,
+            username=user,
+            password=password,
+        )
+        await self._git(native_id, token, refused, clone)
+        if not (await self._git(native_id, token, refused, git.branches(directory))).branches:
+            return  # an empty repository: the setup script starts the branch
+        await self._git(native_id, token, refused, git.create_branch(directory, setup.branch))
+        await self._git(native_id, token, refused, git.checkout_branch(directory, setup.branch))
+
+    async def commit_workspace(self, native_id: str, workspace: sandbox_pb2.Workspace, message: str) -> None:
+        git = (await self._sandbox(native_id)).git
+        directory = workspace.directory
+        # Workspaces made before the author was recorded commit as the platform's default author.
+        author = workspace.author.name or DEFAULT_AUTHOR[0]
+        email = workspace.author.email or DEFAULT_AUTHOR[1]
+
+        def failed(code: str, message: str) -> ApiError:
+            return failed_precondition("PUSH_FAILED", f"committing the workspace failed ({code}): {message}")
+
+        status = await self._git(native_id, "", failed, git.status(directory))
+        if not status.file_status:
+            return
+        await self._git(native_id, "", failed, git.add(directory, ["."]))
+        await self._git(native_id, "", failed, git.commit(directory, message, author, email))
+
+    async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
+        git = (await self._sandbox(native_id)).git
+
+        def refused(code: str, message: str) -> ApiError:
+            reason = "PUSH_REJECTED" if code in PUSH_REFUSED else "PUSH_FAILED"
+            return failed_precondition(reason, f"the remote rejected the push of {branch}: {message}")
+
+        user, password = _credentials(token)
+        await self._git(native_id, token, refused, git.push(directory, username=user, password=password, branch=branch))
 
     async def _exit_code(self, process: Any, session: str, cmd_id: str, subject: str) -> int:
         # The daemon records the exit code as the command ends; the log stream may close a moment before.

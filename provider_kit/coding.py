@@ -68,14 +68,24 @@ class Coding:
             directory=self._settings.workspace_dir,
             # Only the id is known yet; the full name is set once the sandbox exists.
             setup_execution=new_execution_id(workspace.SETUP_EXECUTION_PREFIX),
+            author=sandbox_pb2.GitAuthor(name=checked.author[0], email=checked.author[1]),
         )
         return checked, planned
 
     async def start_setup(self, name: SandboxName, record: SandboxRecord, setup: workspace.Setup) -> None:
         planned = require_workspace(record, name)
         execution = ExecutionName(name, planned.setup_execution)
+        native = self._driver.native_git
+        if native:
+            # Before the setup execution starts, so a clone the remote refuses fails CreateSandbox itself.
+            await self._driver.clone_workspace(name.native_id, setup, planned.directory)
         await self._executions.spawn(
-            execution, setup.argv(planned.directory), {}, "", SETUP_TIMEOUT_SECONDS, secret_env=setup.secret_env()
+            execution,
+            setup.argv(planned.directory, cloned=native),
+            {},
+            "",
+            SETUP_TIMEOUT_SECONDS,
+            secret_env={} if native else setup.secret_env(),
         )
 
     def check_agent_request(self, request: sandbox_pb2.ExecuteAgentRequest) -> _AgentRun:
@@ -139,11 +149,13 @@ class Coding:
         validation.text(request.message, "message", maximum=64_000)
         validation.text(request.instruction, "instruction", maximum=MAX_INSTRUCTION_BYTES)
         message = workspace.commit_message(request.message, request.instruction)
-        native = self._driver.native_git_push
+        native = self._driver.native_git
         env = {"GIT_TOKEN": request.token} if request.token else {}
         if native:
-            # The token goes only to the provider's git API call, never into the sandbox.
-            env = {"SANDBOX_NATIVE_PUSH": "1"}
+            # The provider's git API commits now and pushes after the script has measured the change; the
+            # token goes only to its push call, never into the sandbox.
+            await self._driver.commit_workspace(name.native_id, planned, message)
+            env = {"SANDBOX_NATIVE_GIT": "1"}
         argv = workspace.push_argv(planned.directory, planned.branch, message)
         result = await self._driver.run(name.native_id, argv, env)
         stderr = redact(result.stderr.decode(errors="replace"), [request.token]).strip()

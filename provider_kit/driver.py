@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from provider_kit.streams import closing
+from provider_kit.workspace import Setup
 from sandbox.v1 import sandbox_pb2
 
 
@@ -135,11 +136,27 @@ class Driver(abc.ABC):
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Releases clients and connections."""
 
-    #: Whether push_branch pushes with the provider's own git API; the push script then only commits.
-    native_git_push: bool = False
+    #: Whether the provider's own git API clones (clone_workspace), commits (commit_workspace) and pushes
+    #: (push_branch). The kit's setup script then only prepares the checkout it finds, and the push script
+    #: only measures the change.
+    native_git: bool = False
+
+    async def clone_workspace(self, native_id: str, setup: Setup, directory: str) -> None:
+        """Clones setup.url into directory with the provider's own git API (the base ref, or the remote's
+        default branch; setup.depth commits when it is positive), then creates and checks out setup.branch,
+        the token given for these calls only (never stored). An empty repository is left without a branch
+        (the setup script starts it). Called only when native_git is set; raises
+        failed_precondition("CLONE_FAILED", ...) with git's reason when the remote refuses."""
+        raise NotImplementedError
+
+    async def commit_workspace(self, native_id: str, workspace: sandbox_pb2.Workspace, message: str) -> None:
+        """Commits every change in the workspace's checkout (new, modified and deleted files) as
+        workspace.author with the provider's own git API; does nothing when nothing changed. Called only when
+        native_git is set."""
+        raise NotImplementedError
 
     async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
         """Pushes HEAD of the checkout in directory to branch on origin with the provider's own git API, the
-        token given for this call only (never stored). Called only when native_git_push is set; raises
+        token given for this call only (never stored). Called only when native_git is set; raises
         failed_precondition("PUSH_REJECTED", ...) with the remote's reason when the remote refuses."""
         raise NotImplementedError

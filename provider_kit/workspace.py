@@ -92,7 +92,8 @@ class Setup:
     author: tuple[str, str]
     token: str
 
-    def argv(self, directory: str) -> list[str]:
+    def argv(self, directory: str, *, cloned: bool = False) -> list[str]:
+        """The setup script's command line; cloned: the provider's git API has already cloned and branched."""
         name, email = self.author
         deps = "1" if self.install_dependencies else "0"
         return [
@@ -108,6 +109,7 @@ class Setup:
             deps,
             name,
             email,
+            "1" if cloned else "0",
         ]
 
     def secret_env(self) -> dict[str, str]:

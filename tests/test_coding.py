@@ -72,7 +72,8 @@ async def test_full_task_pushes_the_agents_commit(client: Client, git_server: Gi
     assert (final.push.insertions, final.push.deletions) == (2, 1)
     assert "+hello" in final.push.diff
     assert bytes(outputs[final.agent_execution].stdout) == b"done\n"
-    assert b"==> Cloning" in bytes(outputs[final.setup_execution].stdout)
+    setup_output = bytes(outputs[final.setup_execution].stdout)
+    assert b" into /workspace" in setup_output and f"==> Ready on branch {final.branch}".encode() in setup_output
 
     assert final.branch in git_server.branches(name)
     assert git_server.read_file(name, final.branch, "hello.txt") == b"hello\n"

@@ -242,16 +242,23 @@ async def test_resources_labels_and_ttl_reach_daytona(rpc: Client, emulator: Day
         await rpc.delete(created.name)
 
 
-async def test_push_goes_through_the_native_git_api(
+async def test_clone_branch_and_push_go_through_the_native_git_api(
     rpc: Client, emulator: DaytonaEmulator, git_server: GitServer
 ) -> None:
     name = f"repo-{uuid.uuid4().hex[:8]}"
     git_server.create_repo(name, {"README.md": "old\n"})
     token = git_server.token or ""
+    emulator.requests.clear()
     created = await rpc.create(repository=pb.RepositorySetup(url=git_server.url(name), token=token, branch="native"))
     try:
+        git_calls = [r.rsplit("/", 2)[-2:] for r in emulator.requests if "/git/" in r]
+        assert [call[-1] for call in git_calls] == ["clone", "branches", "branches", "checkout"]
         setup = await rpc.attach(created.workspace.setup_execution, Collected())
         assert setup.finished is not None and setup.finished.state == pb.Execution.STATE_SUCCEEDED
+        state = await rpc.run(
+            created.name, ["sh", "-c", "cd /workspace && git branch --show-current && stat -c %U .git"]
+        )
+        assert bytes(state.stdout) == b"native\nagent\n"
         await rpc.run_agent(created.name, "shell", "echo native > native.txt")
         emulator.requests.clear()
         pushed = await rpc.stub.PushChanges(
@@ -259,13 +266,33 @@ async def test_push_goes_through_the_native_git_api(
         )
         assert pushed.changed and pushed.files_changed == 1
         assert git_server.read_file(name, "native", "native.txt") == b"native\n"
-        assert any(r.endswith("/git/push") for r in emulator.requests)
+        assert [r.rsplit("/", 1)[1] for r in emulator.requests if "/git/" in r] == ["status", "add", "commit", "push"]
+        log = await rpc.run(created.name, ["git", "-C", "/workspace", "log", "-1", "--format=%an <%ae>|%s"])
+        assert bytes(log.stdout) == b"Sandbox Agent <agent@sandbox.invalid>|native push\n"
         # The token reached only that API call: not the sandbox's session commands, files or git config.
         assert all(token not in c for c in emulator.session_commands(_native(created.name)))
         config = await rpc.run(created.name, ["sh", "-c", "cat /workspace/.git/config; env"])
         assert token.encode() not in bytes(config.stdout)
     finally:
         await rpc.delete(created.name)
+
+
+@pytest.mark.parametrize("problem", ["wrong token", "missing base ref"])
+async def test_refused_clone_fails_create_and_leaves_nothing(
+    problem: str, rpc: Client, emulator: DaytonaEmulator, git_server: GitServer
+) -> None:
+    name = f"repo-{uuid.uuid4().hex[:8]}"
+    git_server.create_repo(name, {"README.md": "old\n"})
+    token = "wrong-token-0123456789" if problem == "wrong token" else git_server.token or ""
+    base_ref = "no-such-branch" if problem == "missing base ref" else ""
+    setup = pb.RepositorySetup(url=git_server.url(name), token=token, base_ref=base_ref)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await rpc.create(repository=setup)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(err.value)
+    assert info is not None and info.reason == "CLONE_FAILED"
+    assert token not in (err.value.details() or "")
+    # The autouse fixture checks that the sandbox made for the clone was deleted.
 
 
 async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Client, emulator: DaytonaEmulator) -> None:

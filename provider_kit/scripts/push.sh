@@ -6,9 +6,12 @@ dir=$1 branch=$2 message=$3
 cd "$dir"
 exec 9>/tmp/.sandbox-push.lock
 flock 9
-as_agent git add -A
-if ! as_agent git diff --cached --quiet; then
-  as_agent git commit -q -m "$message"
+# SANDBOX_NATIVE_GIT: the provider has committed with its own git API and pushes once this script is done.
+if [ -z "${SANDBOX_NATIVE_GIT:-}" ]; then
+  as_agent git add -A
+  if ! as_agent git diff --cached --quiet; then
+    as_agent git commit -q -m "$message"
+  fi
 fi
 base=$(as_agent git rev-parse -q --verify refs/sandbox/base || echo 4b825dc642cb6eb9a060e54bf8d69288fbee4904)
 head=$(as_agent git rev-parse -q --verify HEAD || true)
@@ -16,8 +19,7 @@ if [ -z "$head" ] || [ "$head" = "$base" ]; then
   echo "sandbox-result changed=0 branch=$branch"
   exit 0
 fi
-# SANDBOX_NATIVE_PUSH: the provider pushes with its own git API once this script has committed.
-if [ -z "${SANDBOX_NATIVE_PUSH:-}" ] && ! git_remote push -q origin "HEAD:refs/heads/$branch" 2>/tmp/.sandbox-push.err; then
+if [ -z "${SANDBOX_NATIVE_GIT:-}" ] && ! git_remote push -q origin "HEAD:refs/heads/$branch" 2>/tmp/.sandbox-push.err; then
   cat /tmp/.sandbox-push.err >&2
   exit 3
 fi

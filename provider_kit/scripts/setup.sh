@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Prepares the workspace: clone, check out the base, create the working branch, install dependencies.
-# Arguments: url base_ref depth branch directory install_deps(0|1) author_name author_email.
-url=$1 base=$2 depth=$3 branch=$4 dir=$5 deps=$6 name=$7 email=$8
-step "Cloning $url into $dir"
+# Arguments: url base_ref depth branch directory install_deps(0|1) author_name author_email cloned(0|1).
+# cloned=1: the provider's git API has already cloned into directory and checked out the branch.
+url=$1 base=$2 depth=$3 branch=$4 dir=$5 deps=$6 name=$7 email=$8 cloned=$9
+if [ "$cloned" = 1 ]; then step "Cloned $url into $dir with the provider's git API"; else step "Cloning $url into $dir"; fi
 mkdir -p "$dir"
 if [ "$(id -u)" = 0 ] && id agent >/dev/null 2>&1; then
-  chown agent: "$dir"
+  chown -R agent: "$dir"
   # Commands run as root (RunCommand) may use git in the agent's checkout too.
   git config --global --add safe.directory "$dir"
 fi
 cd "$dir"
-as_agent git init -q
-as_agent git config user.name "$name"
-as_agent git config user.email "$email"
-as_agent git remote add origin "$url"
-refs=$(git_remote ls-remote origin)
-if [ -z "$refs" ]; then
-  step "The repository is empty: starting branch $branch from scratch"
-  as_agent git checkout -q -b "$branch"
-else
+
+clone_with_git() {
+  as_agent git init -q
+  as_agent git config user.name "$name"
+  as_agent git config user.email "$email"
+  as_agent git remote add origin "$url"
+  refs=$(git_remote ls-remote origin)
+  if [ -z "$refs" ]; then
+    step "The repository is empty: starting branch $branch from scratch"
+    as_agent git checkout -q -b "$branch"
+    return
+  fi
   if [ -z "$base" ]; then
     base=$(git_remote ls-remote --symref origin HEAD | sed -n 's|^ref: refs/heads/\(.*\)\tHEAD$|\1|p')
     base=${base:-main}
@@ -30,7 +34,23 @@ else
   as_agent git update-ref refs/sandbox/base FETCH_HEAD
   step "Creating branch $branch"
   as_agent git checkout -q -b "$branch" FETCH_HEAD
-fi
+}
+
+check_provider_clone() {
+  as_agent git config user.name "$name"
+  as_agent git config user.email "$email"
+  if ! as_agent git rev-parse -q --verify HEAD >/dev/null; then
+    step "The repository is empty: starting branch $branch from scratch"
+    as_agent git checkout -q -b "$branch"
+    return
+  fi
+  # The provider created the branch at the base's tip.
+  as_agent git update-ref refs/sandbox/base HEAD
+  current=$(as_agent git symbolic-ref --short HEAD)
+  [ "$current" = "$branch" ] || { echo "expected branch $branch to be checked out, found $current" >&2; exit 1; }
+}
+
+if [ "$cloned" = 1 ]; then check_provider_clone; else clone_with_git; fi
 if [ "$deps" = 1 ]; then
   node_install() {
     command -v npm >/dev/null || { echo "npm is not installed in this image" >&2; exit 1; }

@@ -391,6 +391,7 @@ class Workspace(_message.Message):
     BRANCH_FIELD_NUMBER: _builtins.int
     DIRECTORY_FIELD_NUMBER: _builtins.int
     SETUP_EXECUTION_FIELD_NUMBER: _builtins.int
+    AUTHOR_FIELD_NUMBER: _builtins.int
     repository_url: _builtins.str
     """The repository URL it was cloned from."""
     base_ref: _builtins.str
@@ -401,6 +402,10 @@ class Workspace(_message.Message):
     """The checkout's absolute path inside the sandbox."""
     setup_execution: _builtins.str
     """The setup execution (clone, branch, dependencies); attach to it to follow its progress."""
+    @_builtins.property
+    def author(self) -> Global___GitAuthor:
+        """Who the workspace's commits are made as."""
+
     def __init__(
         self,
         *,
@@ -409,10 +414,11 @@ class Workspace(_message.Message):
         branch: _builtins.str = ...,
         directory: _builtins.str = ...,
         setup_execution: _builtins.str = ...,
+        author: Global___GitAuthor | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["author", b"author"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ref", b"base_ref", "branch", b"branch", "directory", b"directory", "repository_url", b"repository_url", "setup_execution", b"setup_execution"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "base_ref", b"base_ref", "branch", b"branch", "directory", b"directory", "repository_url", b"repository_url", "setup_execution", b"setup_execution"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

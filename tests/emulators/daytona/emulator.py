@@ -20,6 +20,13 @@ with /{sandboxId} (daytona/internal/toolbox_api_client_proxy.py)):
   WS     /toolbox/{id}/process/session/{sid}/command/{cid}/logs?follow=true
   DELETE /toolbox/{id}/process/session/{sid}               kills the session's commands
   POST   /toolbox/{id}/files/bulk-upload                   multipart files[i].path + files[i].file
+  POST   /toolbox/{id}/git/clone                           real git clone (branch, depth), credentials per call
+  GET    /toolbox/{id}/git/branches                        local branches
+  POST   /toolbox/{id}/git/branches                        create a branch
+  POST   /toolbox/{id}/git/checkout                        check a branch out
+  GET    /toolbox/{id}/git/status                          current branch and changed files
+  POST   /toolbox/{id}/git/add                             stage files
+  POST   /toolbox/{id}/git/commit                          commit as the given author, returns the hash
   POST   /toolbox/{id}/git/push                            real git push, credentials for this call only
 
 Faults are injected from the test process with `inject()` (see Fault) and `vanish()`.
@@ -59,15 +66,72 @@ ID_LABEL = "daytona.emulator/id"
 STDOUT_PREFIX = b"\x01\x01\x01"
 STDERR_PREFIX = b"\x02\x02\x02"
 ORGANIZATION = "org-emulated"
-GIT_PUSH_SCRIPT = r"""
-path=$1 remote=$2 branch=$3
-owner=$(stat -c %U "$path")
+# The daemon's git routes, over real git in the container. Credentials live only in the git process's
+# environment, read by a helper given on the command line; git runs as the checkout's owner, as the daemon
+# runs as the sandbox user.
+GIT_SCRIPT = r"""
+op=$1; shift
 helper='!f() { test "$1" = get && echo "username=$GIT_USER" && echo "password=$GIT_PASS"; }; f'
-run() { if [ "$owner" != root ] && [ "$(id -u)" = 0 ]; then runuser -u "$owner" -- "$@"; else "$@"; fi; }
-[ -n "$branch" ] || branch=$(run git -C "$path" symbolic-ref --short HEAD)
 export GIT_TERMINAL_PROMPT=0
-run git -C "$path" -c credential.helper= -c "credential.helper=$helper" push -q "$remote" "$branch:refs/heads/$branch"
+# The daemon's git library has no "dubious ownership" check; the CLI standing in for it must not apply one.
+export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0='*'
+as_owner() {
+  owner=$(stat -c %U "$1/.git" 2>/dev/null || stat -c %U "$1"); shift
+  if [ "$owner" != root ] && [ "$(id -u)" = 0 ]; then runuser -u "$owner" -- "$@"; else "$@"; fi
+}
+case $op in
+  clone)
+    url=$1 path=$2 branch=$3 depth=$4 args=()
+    [ -n "$branch" ] && args+=(--branch "$branch")
+    [ "$depth" -gt 0 ] && args+=(--depth "$depth")
+    git -c credential.helper= -c "credential.helper=$helper" clone -q "${args[@]}" -- "$url" "$path" ;;
+  branches) as_owner "$1" git -C "$1" for-each-ref --format='%(refname:short)' refs/heads ;;
+  create-branch) as_owner "$1" git -C "$1" branch "$2" ;;
+  checkout) as_owner "$1" git -C "$1" checkout -q "$2" -- ;;
+  status)
+    as_owner "$1" git -C "$1" symbolic-ref --short HEAD
+    as_owner "$1" git -C "$1" status --porcelain=v1 --untracked-files=all ;;
+  add) path=$1; shift; as_owner "$path" git -C "$path" add -- "$@" ;;
+  commit)
+    path=$1 message=$2 author=$3 email=$4 empty=$5
+    as_owner "$path" git -C "$path" -c user.name="$author" -c user.email="$email" \
+      commit -q ${empty:+--allow-empty} -m "$message"
+    as_owner "$path" git -C "$path" rev-parse HEAD ;;
+  push)
+    path=$1 remote=$2 branch=$3
+    [ -n "$branch" ] || branch=$(as_owner "$path" git -C "$path" symbolic-ref --short HEAD)
+    as_owner "$path" git -C "$path" -c credential.helper= -c "credential.helper=$helper" \
+      push -q "$remote" "$branch:refs/heads/$branch" ;;
+esac
 """
+
+
+# git status --porcelain letters as the toolbox's Status values (daytona_toolbox_api_client_async/models/status.py).
+_STATUS = {
+    " ": "Unmodified",
+    "?": "Untracked",
+    "M": "Modified",
+    "A": "Added",
+    "D": "Deleted",
+    "R": "Renamed",
+    "C": "Copied",
+    "U": "Updated but unmerged",
+}
+
+
+def _git_error(message: str) -> tuple[int, str]:
+    """The daemon's status and error code for a failed git operation, from git's own message."""
+    if "rejected" in message or "pre-receive hook declined" in message:
+        return 409, "GIT_PUSH_REJECTED"
+    if "Authentication failed" in message or "could not read Username" in message or "403" in message:
+        return 401, "GIT_AUTH_FAILED"
+    if "Remote branch" in message and "not found" in message:
+        return 404, "GIT_BRANCH_NOT_FOUND"
+    if "already exists" in message and "branch" in message:
+        return 409, "GIT_BRANCH_EXISTS"
+    if "not found" in message or "does not appear to be a git repository" in message:
+        return 404, "GIT_REPO_NOT_FOUND"
+    return 400, "GIT_TRANSPORT_FAILED"
 
 
 @dataclass
@@ -219,6 +283,13 @@ class DaytonaEmulator:
             Route("/toolbox/{sid}/process/session/{session}/exec", self._exec, methods=["POST"]),
             Route("/toolbox/{sid}/process/session/{session}/command/{cmd}", self._command, methods=["GET"]),
             WebSocketRoute("/toolbox/{sid}/process/session/{session}/command/{cmd}/logs", self._logs),
+            Route("/toolbox/{sid}/git/clone", self._git_clone, methods=["POST"]),
+            Route("/toolbox/{sid}/git/branches", self._git_branches, methods=["GET"]),
+            Route("/toolbox/{sid}/git/branches", self._git_create_branch, methods=["POST"]),
+            Route("/toolbox/{sid}/git/checkout", self._git_checkout, methods=["POST"]),
+            Route("/toolbox/{sid}/git/status", self._git_status, methods=["GET"]),
+            Route("/toolbox/{sid}/git/add", self._git_add, methods=["POST"]),
+            Route("/toolbox/{sid}/git/commit", self._git_commit, methods=["POST"]),
             Route("/toolbox/{sid}/git/push", self._git_push, methods=["POST"]),
             Route("/toolbox/{sid}/files/bulk-upload", self._upload, methods=["POST"]),
         ]
@@ -518,36 +589,82 @@ class DaytonaEmulator:
             return _error(404, "sandbox not found")
         return Response(status_code=200)
 
-    async def _git_push(self, request: Request) -> Response:
+    async def _git(self, request: Request, argv: list[str], body: dict[str, Any]) -> Response | bytes:
+        """Runs one git operation of GIT_SCRIPT; its stdout, or the daemon's error response."""
         sandbox = self._toolbox(request)
         if isinstance(sandbox, Response):
             return sandbox
-        body = await request.json()
-        # Like the daemon: git runs as the checkout's owner (the sandbox user), and the credentials live only
-        # in this git process's environment, read by a helper given on the command line.
-        script = GIT_PUSH_SCRIPT
         env = {"GIT_USER": body.get("username") or "", "GIT_PASS": body.get("password") or ""}
-        argv = [
-            "bash",
-            "-c",
-            script,
-            "git-push",
-            body["path"],
-            body.get("remote") or "origin",
-            body.get("branch") or "",
-        ]
         try:
-            code, _, err = await asyncio.to_thread(self._run, sandbox.container, argv, env)
+            code, out, err = await asyncio.to_thread(
+                self._run, sandbox.container, ["bash", "-c", GIT_SCRIPT, "git", *argv], env
+            )
         except docker.errors.NotFound:
             return _error(404, "sandbox not found")
         if code == 0:
-            return Response(status_code=200)
+            return out
         message = err.decode(errors="replace").strip()
-        rejected = "rejected" in message or "pre-receive hook declined" in message
-        status, kind = (409, "GIT_PUSH_REJECTED") if rejected else (400, "GIT_TRANSPORT_FAILED")
+        status, kind = _git_error(message)
         return JSONResponse(
             {"statusCode": status, "message": message, "code": kind, "source": "DAYTONA_DAEMON"}, status_code=status
         )
+
+    @staticmethod
+    def _ok(result: Response | bytes) -> Response:
+        return result if isinstance(result, Response) else Response(status_code=200)
+
+    async def _git_clone(self, request: Request) -> Response:
+        body = await request.json()
+        argv = ["clone", body["url"], body["path"], body.get("branch") or "", str(body.get("depth") or 0)]
+        return self._ok(await self._git(request, argv, body))
+
+    async def _git_branches(self, request: Request) -> Response:
+        result = await self._git(request, ["branches", request.query_params["path"]], {})
+        if isinstance(result, Response):
+            return result
+        return JSONResponse({"branches": result.decode().split()})
+
+    async def _git_create_branch(self, request: Request) -> Response:
+        body = await request.json()
+        return self._ok(await self._git(request, ["create-branch", body["path"], body["name"]], body))
+
+    async def _git_checkout(self, request: Request) -> Response:
+        body = await request.json()
+        return self._ok(await self._git(request, ["checkout", body["path"], body["branch"]], body))
+
+    async def _git_status(self, request: Request) -> Response:
+        result = await self._git(request, ["status", request.query_params["path"]], {})
+        if isinstance(result, Response):
+            return result
+        branch, *entries = result.decode().splitlines()
+        files = [
+            {
+                "name": line[3:],
+                "staging": _STATUS.get(line[0], "Modified"),
+                "worktree": _STATUS.get(line[1], "Modified"),
+                "extra": "",
+            }
+            for line in entries
+        ]
+        return JSONResponse({"currentBranch": branch, "fileStatus": files})
+
+    async def _git_add(self, request: Request) -> Response:
+        body = await request.json()
+        return self._ok(await self._git(request, ["add", body["path"], *body["files"]], body))
+
+    async def _git_commit(self, request: Request) -> Response:
+        body = await request.json()
+        empty = "1" if body.get("allow_empty") else ""
+        argv = ["commit", body["path"], body["message"], body["author"], body["email"], empty]
+        result = await self._git(request, argv, body)
+        if isinstance(result, Response):
+            return result
+        return JSONResponse({"hash": result.decode().strip()})
+
+    async def _git_push(self, request: Request) -> Response:
+        body = await request.json()
+        argv = ["push", body["path"], body.get("remote") or "origin", body.get("branch") or ""]
+        return self._ok(await self._git(request, argv, body))
 
     def _run(self, container: str, argv: list[str], env: dict[str, str]) -> tuple[int, bytes, bytes]:
         exec_id = self._docker.exec_create(container, argv, stdout=True, stderr=True, environment=env)["Id"]
