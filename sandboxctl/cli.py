@@ -309,6 +309,63 @@ def push(
     run_async(go)
 
 
+@app.command()
+def upload(
+    sandbox: Annotated[str, typer.Argument(help="sandbox name")],
+    source: Annotated[Path, typer.Argument(help="local file ('-' for stdin)", allow_dash=True)],
+    path: Annotated[str, typer.Argument(help="absolute path in the sandbox")],
+    mode: Annotated[str, typer.Option(help="permission bits in octal, such as 755")] = "644",
+    address: Address = "",
+    token: Token = "",
+) -> None:
+    """Write a local file (at most 10 MiB) into a sandbox, replacing the file there."""
+    try:
+        bits = int(mode, 8)
+    except ValueError:
+        raise typer.BadParameter("--mode must be octal permission bits, such as 755") from None
+    content = sys.stdin.buffer.read() if str(source) == "-" else source.read_bytes()
+    request = pb.WriteFileRequest(sandbox=sandbox, path=path, content=content, mode=bits)
+
+    async def go() -> int:
+        with connection(address, token, False) as (stub, metadata):
+            written = await stub.WriteFile(request, metadata=metadata)
+            err_console.print(f"wrote {written.size} bytes to {written.path}")
+            return 0
+
+    run_async(go)
+
+
+@app.command()
+def download(
+    sandbox: Annotated[str, typer.Argument(help="sandbox name")],
+    path: Annotated[str, typer.Argument(help="absolute path in the sandbox")],
+    target: Annotated[Path, typer.Argument(help="local file ('-' for stdout)", allow_dash=True)] = Path("-"),
+    address: Address = "",
+    token: Token = "",
+) -> None:
+    """Copy a file out of a sandbox (streamed; a partial local file is removed if the copy fails)."""
+
+    async def go() -> int:
+        with connection(address, token, False) as (stub, metadata):
+            chunks = stub.ReadFile(pb.ReadFileRequest(sandbox=sandbox, path=path), metadata=metadata)
+            if str(target) == "-":
+                async for chunk in chunks:
+                    sys.stdout.buffer.write(chunk.data)
+                sys.stdout.buffer.flush()
+                return 0
+            partial = target.with_name(f".{target.name}.partial")
+            try:
+                with partial.open("wb") as out:
+                    async for chunk in chunks:
+                        out.write(chunk.data)
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+            return 0
+
+    run_async(go)
+
+
 @app.command("list")
 def list_(
     provider: Annotated[str, typer.Option()] = "docker",

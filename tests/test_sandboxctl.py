@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -85,6 +86,28 @@ async def test_exec_list_attach_delete(stack: LocalStack, client: Client) -> Non
         deleted = sandboxctl(stack, "delete", sandbox)
         assert deleted.returncode == 0
     assert sandboxctl(stack, "exec", sandbox, "--", "true").returncode == 3
+
+
+async def test_upload_and_download(stack: LocalStack, client: Client, tmp_path: Path) -> None:
+    sandbox = (await client.create()).name
+    try:
+        script = tmp_path / "tool.sh"
+        script.write_bytes(b"#!/bin/sh\necho uploaded tool\n")
+        uploaded = sandboxctl(stack, "upload", sandbox, str(script), "/tmp/bin/tool.sh", "--mode", "755")
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert sandboxctl(stack, "exec", sandbox, "--", "/tmp/bin/tool.sh").stdout == "uploaded tool\n"
+
+        copy = tmp_path / "copy.sh"
+        assert sandboxctl(stack, "download", sandbox, "/tmp/bin/tool.sh", str(copy)).returncode == 0
+        assert copy.read_bytes() == script.read_bytes()
+        assert sandboxctl(stack, "download", sandbox, "/tmp/bin/tool.sh").stdout == script.read_text()
+
+        missing = sandboxctl(stack, "download", sandbox, "/tmp/nothing-here", str(tmp_path / "nothing"))
+        assert missing.returncode == 3 and "/tmp/nothing-here does not exist" in missing.stderr
+        assert sorted(os.listdir(tmp_path)) == ["copy.sh", "tool.sh"]  # no partial file left behind
+        assert sandboxctl(stack, "upload", sandbox, str(script), "relative/path").returncode == 2
+    finally:
+        await client.delete(sandbox)
 
 
 def test_local_starts_its_own_stack() -> None:
