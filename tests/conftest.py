@@ -178,10 +178,24 @@ async def sandbox(client: Client) -> AsyncIterator[str]:
 def no_leaked_containers(docker_client: docker.DockerClient, owner: str) -> Iterator[None]:
     """Every test must leave no sandbox container behind."""
     yield
-    leftovers = docker_client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"})
+    # An emulator may still be removing a sandbox that ended (its expiry runs on a thread): give removals in
+    # flight a moment before calling anything a leak.
+    for _ in range(20):
+        leftovers = docker_client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={owner}"})
+        if not leftovers or all(c.status != "removing" for c in leftovers):
+            break
+        time.sleep(0.25)
+    leaked = []
     for container in leftovers:
-        container.remove(force=True)
-    assert not leftovers, f"test leaked containers: {[c.name for c in leftovers]}"
+        try:
+            container.remove(force=True)
+            leaked.append(container.name)
+        except docker.errors.NotFound:
+            pass  # removed meanwhile by its owner
+        except docker.errors.APIError as err:
+            if err.status_code != 409:  # 409: a removal already in progress
+                raise
+    assert not leaked, f"test leaked containers: {leaked}"
 
 
 @pytest.fixture(scope="session")
