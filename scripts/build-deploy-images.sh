@@ -68,8 +68,17 @@ if [[ $missing == 1 ]]; then
   wheels=$context/wheels
   rm -rf "$wheels"
   mkdir -p "$wheels/deps" "$wheels/project" "$wheels/pip"
-  uv export --frozen --no-dev --no-hashes --no-emit-project --format requirements-txt \
-    -o "$wheels/deps/requirements.txt" >/dev/null
+  # Each service installs only its own provider's SDK (the project's extras); the wheelhouse holds them all.
+  export_requirements() {
+    uv export --frozen --no-dev --no-hashes --no-emit-project --format requirements-txt "$@" >/dev/null
+  }
+  export_requirements --all-extras -o "$wheels/deps/requirements.txt"
+  for service in "${services[@]}"; do
+    case $service in
+      provider-*) export_requirements --extra "${service#provider-}" -o "$wheels/deps/requirements-$service.txt" ;;
+      *) export_requirements -o "$wheels/deps/requirements-$service.txt" ;;
+    esac
+  done
   uv build --quiet --wheel --out-dir "$wheels/project"
   # pip itself, pinned, run by uv (no pip needs to be installed); its config (pip.conf, PIP_INDEX_URL...)
   # applies, so an internal mirror works. (Filtered: a machine-wide pip.conf here names local indexes
@@ -89,6 +98,7 @@ if [[ $missing == 1 ]]; then
   for service in "${services[@]}"; do
     docker build --quiet --force-rm --target "$service" \
       --build-arg "BASE_IMAGE=$base_image" --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
+      --build-arg "REQUIREMENTS=requirements-$service.txt" \
       -t "$prefix$service:$tag" -t "$prefix$service:latest" "$context" >/dev/null
   done
   rm -rf "$wheels"
