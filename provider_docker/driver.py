@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import io
-import posixpath
 import socket
-import tarfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +27,7 @@ from docker.utils.socket import frames_iter
 from provider_docker.errors import map_docker_error
 from provider_docker.settings import DockerSettings
 from provider_kit import records
-from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
+from provider_kit.driver import Driver, Exit, NewSandbox, Output, ProcessResult, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found
 from sandbox.v1 import sandbox_pb2
 
@@ -228,15 +225,28 @@ class DockerDriver(Driver):
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
-    async def upload(self, native_id: str, path: str, content: bytes) -> None:
-        # The engine's archive API takes a tar to extract into a directory of the container.
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
-            info = tarfile.TarInfo(posixpath.basename(path))
-            info.size, info.mode = len(content), 0o600
-            archive.addfile(info, io.BytesIO(content))
-        subject = f"sandbox {native_id}"
-        await self._call(subject, self._api.put_archive, native_id, posixpath.dirname(path), buffer.getvalue())
+    accepts_stdin = True
+
+    async def run_with_stdin(self, native_id: str, argv: list[str], stdin: bytes) -> ProcessResult:
+        def run() -> ProcessResult:
+            exec_id = self._api.exec_create(native_id, argv, stdin=True, stdout=True, stderr=True)["Id"]
+            sock: Any = self._api.exec_start(exec_id, socket=True)
+            raw: socket.socket = getattr(sock, "_sock", sock)
+            out, err = bytearray(), bytearray()
+            try:
+                # A command that exits early stops reading: the engine then drops the rest, or the connection.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    raw.sendall(stdin)
+                    raw.shutdown(socket.SHUT_WR)  # end of file for the command
+                with contextlib.suppress(ConnectionResetError):
+                    for fd, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
+                        (out if fd == 1 else err).extend(data)
+            finally:
+                sock.close()
+            code = self._api.exec_inspect(exec_id)["ExitCode"]
+            return ProcessResult(code if code is not None else 255, bytes(out), bytes(err))
+
+        return await self._call(f"sandbox {native_id}", run)
 
     async def stream(
         self, native_id: str, argv: list[str], env: dict[str, str] | None = None

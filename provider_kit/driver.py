@@ -107,12 +107,21 @@ class Driver(abc.ABC):
         further than the consumer.
         """
 
-    @abc.abstractmethod
     async def upload(self, native_id: str, path: str, content: bytes) -> None:
         """Writes content to a new file at path, directly under /tmp, with the provider's own file API
-        (commands cannot carry megabytes: they have no stdin and an argument holds at most 128 KiB).
-        The kit moves the file into place afterwards (provider_kit/files.py), so owner, mode, parent
-        directories and atomicity are not the driver's concern."""
+        (commands cannot carry megabytes in their arguments, which hold at most 128 KiB each). The kit moves
+        the file into place afterwards (provider_kit/files.py), so owner, mode, parent directories and
+        atomicity are not the driver's concern. Needed unless accepts_stdin is set."""
+        raise NotImplementedError
+
+    #: Whether run_with_stdin is implemented: WriteFile then streams the bytes straight into the command that
+    #: places the file, one round trip instead of upload plus a command.
+    accepts_stdin: bool = False
+
+    async def run_with_stdin(self, native_id: str, argv: list[str], stdin: bytes) -> ProcessResult:
+        """Runs argv to completion with stdin as its standard input (then end of file); returns its output.
+        The command may exit without reading all of it. Called only when accepts_stdin is set."""
+        raise NotImplementedError
 
     async def run(self, native_id: str, argv: list[str], env: dict[str, str] | None = None) -> ProcessResult:
         """Runs argv to completion and returns its output."""

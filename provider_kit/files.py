@@ -1,8 +1,9 @@
 """WriteFile and ReadFile, written once over the driver's upload and process stream.
 
-A write goes in two steps so that every provider behaves the same: the driver's native file API puts the
-bytes at a fresh staging path in /tmp (which exists everywhere, so no driver has to create directories),
-then one command in the sandbox copies them next to the target and renames the copy into place. The rename
+Every provider places a file with the same command, so all behave the same: the bytes are copied next to the
+target and the copy is renamed into place. They reach that command on its standard input where the driver
+can pass one (Docker: one round trip), or else through the provider's native file API first, at a fresh
+staging path in /tmp (which exists everywhere, so no driver has to create directories). The rename
 makes the write atomic (a reader sees the old file or the new one, never half of it), `mv -T` refuses to
 replace a directory, the copy belongs to the user commands run as whoever the provider's file API writes
 as, and the mode is applied before the file appears.
@@ -28,13 +29,14 @@ STAGING_PREFIX = "/tmp/.sandbox-upload-"
 # Exit codes of the scripts below that name a problem with the caller's path.
 _MISSING, _NOT_A_FILE, _IS_A_DIRECTORY, _BAD_PARENT = 66, 67, 68, 69
 
+# staged: the uploaded file, or "-" for the bytes on stdin.
 _PLACE = r"""
 staged=$1 path=$2 mode=$3
 tmp=$(dirname -- "$path")/.$(basename -- "$path").writing-$$
-trap 'rm -f -- "$staged" "$tmp"' EXIT
+trap 'rm -f -- "$tmp"; [ "$staged" = - ] || rm -f -- "$staged"' EXIT
 [ -d "$path" ] && exit 68
 mkdir -p -- "$(dirname -- "$path")" 2>/dev/null || exit 69
-cp -- "$staged" "$tmp" 2>/dev/null || exit 69
+if [ "$staged" = - ]; then cat > "$tmp" 2>/dev/null || exit 69; else cp -- "$staged" "$tmp" 2>/dev/null || exit 69; fi
 chmod "$mode" "$tmp" && mv -fT -- "$tmp" "$path" && stat -c %s -- "$path"
 """
 
@@ -64,9 +66,13 @@ def check_content(content: bytes) -> bytes:
 
 async def write_file(driver: Driver, native_id: str, path: str, content: bytes, mode: int) -> int:
     """Writes content to path with the given permission bits; returns the file's size."""
-    staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-    await driver.upload(native_id, staged, content)
-    result = await driver.run(native_id, ["sh", "-c", _PLACE, "place", staged, path, f"{mode:o}"])
+    if driver.accepts_stdin:
+        place = ["sh", "-c", _PLACE, "place", "-", path, f"{mode:o}"]
+        result = await driver.run_with_stdin(native_id, place, content)
+    else:
+        staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        await driver.upload(native_id, staged, content)
+        result = await driver.run(native_id, ["sh", "-c", _PLACE, "place", staged, path, f"{mode:o}"])
     if result.code == _IS_A_DIRECTORY:
         raise failed_precondition("PATH_IS_A_DIRECTORY", f"{path} is a directory; name a file inside it", path=path)
     if result.code == _BAD_PARENT:

@@ -90,7 +90,8 @@ async def test_file_errors_are_clear_and_change_nothing(
     calls = {
         "read a missing file": lambda: client.read_file(sandbox, "/tmp/keep/missing"),
         "read a directory": lambda: client.read_file(sandbox, "/tmp/keep"),
-        "write over a directory": lambda: client.write_file(sandbox, "/tmp/keep", b"x"),
+        # Megabytes the placing command never reads (it refuses first): the call must still end cleanly.
+        "write over a directory": lambda: client.write_file(sandbox, "/tmp/keep", os.urandom(5 << 20)),
         "write under a regular file": lambda: client.write_file(sandbox, "/tmp/keep/file/child", b"x"),
         "relative path": lambda: client.write_file(sandbox, "tmp/keep/file", b"x"),
         "mode beyond permission bits": lambda: client.write_file(sandbox, "/tmp/keep/file", b"x", mode=0o17777),
