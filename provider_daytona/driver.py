@@ -43,7 +43,7 @@ from provider_daytona.settings import DaytonaSettings
 from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
 from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
-from provider_kit.workspace import DEFAULT_AUTHOR, Setup
+from provider_kit.workspace import Setup
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
@@ -390,12 +390,8 @@ class DaytonaDriver(Driver):
         await self._git(native_id, token, refused, git.create_branch(directory, setup.branch))
         await self._git(native_id, token, refused, git.checkout_branch(directory, setup.branch))
 
-    async def commit_workspace(self, native_id: str, workspace: sandbox_pb2.Workspace, message: str) -> None:
+    async def commit_workspace(self, native_id: str, directory: str, message: str, author: tuple[str, str]) -> None:
         git = (await self._sandbox(native_id)).git
-        directory = workspace.directory
-        # Workspaces made before the author was recorded commit as the platform's default author.
-        author = workspace.author.name or DEFAULT_AUTHOR[0]
-        email = workspace.author.email or DEFAULT_AUTHOR[1]
 
         def failed(code: str, message: str) -> ApiError:
             return failed_precondition("PUSH_FAILED", f"committing the workspace failed ({code}): {message}")
@@ -404,7 +400,7 @@ class DaytonaDriver(Driver):
         if not status.file_status:
             return
         await self._git(native_id, "", failed, git.add(directory, ["."]))
-        await self._git(native_id, "", failed, git.commit(directory, message, author, email))
+        await self._git(native_id, "", failed, git.commit(directory, message, *author))
 
     async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
         git = (await self._sandbox(native_id)).git

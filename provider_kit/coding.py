@@ -154,7 +154,9 @@ class Coding:
         if native:
             # The provider's git API commits now and pushes after the script has measured the change; the
             # token goes only to its push call, never into the sandbox.
-            await self._driver.commit_workspace(name.native_id, planned, message)
+            # check_author also gives the default author to workspaces recorded before authors were.
+            author = workspace.check_author(planned.author)
+            await self._driver.commit_workspace(name.native_id, planned.directory, message, author)
             env = {"SANDBOX_NATIVE_GIT": "1"}
         argv = workspace.push_argv(planned.directory, planned.branch, message)
         result = await self._driver.run(name.native_id, argv, env)

@@ -158,9 +158,9 @@ class Driver(abc.ABC):
         failed_precondition("CLONE_FAILED", ...) with git's reason when the remote refuses."""
         raise NotImplementedError
 
-    async def commit_workspace(self, native_id: str, workspace: sandbox_pb2.Workspace, message: str) -> None:
-        """Commits every change in the workspace's checkout (new, modified and deleted files) as
-        workspace.author with the provider's own git API; does nothing when nothing changed. Called only when
+    async def commit_workspace(self, native_id: str, directory: str, message: str, author: tuple[str, str]) -> None:
+        """Commits every change in the checkout in directory (new, modified and deleted files) as author
+        (name, e-mail) with the provider's own git API; does nothing when nothing changed. Called only when
         native_git is set."""
         raise NotImplementedError
 

@@ -5,8 +5,8 @@ target and the copy is renamed into place. They reach that command on its standa
 can pass one (Docker: one round trip), or else through the provider's native file API first, at a fresh
 staging path in /tmp (which exists everywhere, so no driver has to create directories). The rename
 makes the write atomic (a reader sees the old file or the new one, never half of it), `mv -T` refuses to
-replace a directory, the copy belongs to the user commands run as whoever the provider's file API writes
-as, and the mode is applied before the file appears.
+replace a directory, the copy belongs to the user commands run as (whichever user the provider's file API
+wrote as), and the mode is applied before the file appears.
 
 Reads stream `cat` through the driver's process stream, which every provider has already proven byte-exact
 and backpressured; the checks before it give the same errors on every provider.
@@ -66,13 +66,16 @@ def check_content(content: bytes) -> bytes:
 
 async def write_file(driver: Driver, native_id: str, path: str, content: bytes, mode: int) -> int:
     """Writes content to path with the given permission bits; returns the file's size."""
+
+    def place(staged: str) -> list[str]:
+        return ["sh", "-c", _PLACE, "place", staged, path, f"{mode:o}"]
+
     if driver.accepts_stdin:
-        place = ["sh", "-c", _PLACE, "place", "-", path, f"{mode:o}"]
-        result = await driver.run_with_stdin(native_id, place, content)
+        result = await driver.run_with_stdin(native_id, place("-"), content)
     else:
         staged = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
         await driver.upload(native_id, staged, content)
-        result = await driver.run(native_id, ["sh", "-c", _PLACE, "place", staged, path, f"{mode:o}"])
+        result = await driver.run(native_id, place(staged))
     if result.code == _IS_A_DIRECTORY:
         raise failed_precondition("PATH_IS_A_DIRECTORY", f"{path} is a directory; name a file inside it", path=path)
     if result.code == _BAD_PARENT:

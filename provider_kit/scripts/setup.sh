@@ -3,7 +3,6 @@
 # Arguments: url base_ref depth branch directory install_deps(0|1) author_name author_email cloned(0|1).
 # cloned=1: the provider's git API has already cloned into directory and checked out the branch.
 url=$1 base=$2 depth=$3 branch=$4 dir=$5 deps=$6 name=$7 email=$8 cloned=$9
-if [ "$cloned" = 1 ]; then step "Cloned $url into $dir with the provider's git API"; else step "Cloning $url into $dir"; fi
 mkdir -p "$dir"
 if [ "$(id -u)" = 0 ] && id agent >/dev/null 2>&1; then
   chown -R agent: "$dir"
@@ -13,6 +12,7 @@ fi
 cd "$dir"
 
 clone_with_git() {
+  step "Cloning $url into $dir"
   as_agent git init -q
   as_agent git config user.name "$name"
   as_agent git config user.email "$email"
@@ -37,6 +37,7 @@ clone_with_git() {
 }
 
 check_provider_clone() {
+  step "Cloned $url into $dir with the provider's git API"
   as_agent git config user.name "$name"
   as_agent git config user.email "$email"
   if ! as_agent git rev-parse -q --verify HEAD >/dev/null; then
