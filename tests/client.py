@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 import grpc
+import pytest
 
+from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
 from sandbox.v1 import sandbox_pb2_grpc
 
 STDOUT = pb.OutputChunk.STREAM_STDOUT
 STDERR = pb.OutputChunk.STREAM_STDERR
+
+
+async def expect_error(call: Awaitable[object], code: grpc.StatusCode, reason: str = "") -> grpc.aio.AioRpcError:
+    """Awaits call, which must fail with code and, when given, the ErrorInfo reason; a traceback must never
+    reach the client. Returns the error for further checks."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    err = raised.value
+    assert err.code() == code, err.details()
+    if reason:
+        info = error_info(err)
+        assert info is not None and info.reason == reason, info
+    assert "Traceback" not in (err.details() or "")
+    return err
 
 
 @dataclass

@@ -39,6 +39,7 @@ import docker.errors
 import grpc
 import pytest
 import yaml
+from docker.models.containers import Container
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orchestrator.settings import parse_providers
@@ -211,6 +212,18 @@ def test_images_are_small_non_root_and_carry_a_health_check(
     assert found.decode().split() == [str(UID)], f"{ref} contains: {found.decode()}"
 
 
+def _wait_until_live(container: Container) -> None:
+    """Waits (up to 30 s) until the health probe finds the server answering: the "" service SERVING."""
+    deadline = time.monotonic() + 30
+    while True:
+        live = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", ""])
+        if live.exit_code == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert live.exit_code == 0, (live.output, container.logs()[-3000:])
+    assert live.output.decode().strip() == "(server): SERVING"
+
+
 def test_health_probe_tells_live_from_ready(images: dict[str, str], docker_client: docker.DockerClient) -> None:
     """A provider whose engine is unreachable is up ("" SERVING) but not ready (the named service is not)."""
     port = _free_port()
@@ -227,14 +240,7 @@ def test_health_probe_tells_live_from_ready(images: dict[str, str], docker_clien
         detach=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            live = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", ""])
-            if live.exit_code == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert live.exit_code == 0, (live.output, container.logs()[-2000:])
-        assert live.output.decode().strip() == "(server): SERVING"
+        _wait_until_live(container)
         ready = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py"])
         assert ready.exit_code == 1
         assert ready.output.decode().strip() == f"{SERVICE_NAME}: NOT_SERVING"
@@ -269,18 +275,12 @@ def test_cloud_provider_runs_restricted_live_but_not_ready_without_its_api(
         detach=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            live = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py", ""])
-            if live.exit_code == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.3)
-        assert live.exit_code == 0, (live.output, container.logs()[-3000:])
-        assert live.output.decode().strip() == "(server): SERVING"
+        deadline = time.monotonic() + 60
+        _wait_until_live(container)
         # The named service has no status (NOT_FOUND) until the first readiness check of the API ends.
         while True:
             ready = container.exec_run(["/opt/venv/bin/python", "/opt/healthprobe.py"])
-            if b"NOT_FOUND" not in ready.output or time.monotonic() > deadline + 30:
+            if b"NOT_FOUND" not in ready.output or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert (ready.exit_code, ready.output.decode().strip()) == (1, f"{SERVICE_NAME}: NOT_SERVING")

@@ -8,9 +8,8 @@ import os
 import grpc
 import pytest
 
-from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client
+from tests.client import Client, expect_error
 
 
 async def shell(client: Client, sandbox: str, script: str) -> str:
@@ -97,11 +96,7 @@ async def test_file_errors_are_clear_and_change_nothing(
         "mode beyond permission bits": lambda: client.write_file(sandbox, "/tmp/keep/file", b"x", mode=0o17777),
         "content over 10 MiB": lambda: client.write_file(sandbox, "/tmp/keep/file", b"x" * (10 * 1024 * 1024 + 1)),
     }
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await calls[case]()
-    assert err.value.code() == code, err.value.details()
-    info = error_info(err.value)
-    assert info is not None and info.reason == reason
+    await expect_error(calls[case](), code, reason)
     # The directory and the file in it are untouched, and no staging file is left in /tmp.
     assert await shell(client, sandbox, "cat /tmp/keep/file; ls -A /tmp/keep; ls -A /tmp | grep -c upload || true") == (
         "precious\nfile\n0\n"

@@ -14,7 +14,7 @@ from google.protobuf import duration_pb2
 from orchestrator.local_stack import LocalStack
 from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client, Collected
+from tests.client import Client, Collected, expect_error
 from tests.emulators.daytona.emulator import DaytonaEmulator, Fault
 from tests.git_server import GitServer
 from tests.harness import ProviderHarness
@@ -63,15 +63,6 @@ def _native(name: str) -> str:
     return name.rsplit("/", 1)[1]
 
 
-async def _expect(call: object, code: grpc.StatusCode, reason: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    assert err.value.code() == code, err.value.details()
-    info = error_info(err.value)
-    assert info is not None and info.reason == reason, info
-    assert "Traceback" not in (err.value.details() or "")
-
-
 async def test_transient_5xx_on_reads_is_retried(rpc: Client, emulator: DaytonaEmulator) -> None:
     created = await rpc.create()
     try:
@@ -86,18 +77,18 @@ async def test_persistent_5xx_is_unavailable(rpc: Client, emulator: DaytonaEmula
     created = await rpc.create()
     try:
         emulator.inject(Fault(SANDBOX_PATH, status=502, times=-1))
-        await _expect(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
         emulator.clear_faults()
         # Creation is not idempotent without a request id, so a failed create is never retried blindly.
         emulator.inject(Fault(CREATE_PATH, status=500, times=1))
-        await _expect(rpc.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
     finally:
         await rpc.delete(created.name)
 
 
 async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: DaytonaEmulator) -> None:
     fault = emulator.inject(Fault(CREATE_PATH, status=429, times=1))
-    await _expect(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "DAYTONA_RATE_LIMITED")
+    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "DAYTONA_RATE_LIMITED")
     assert fault.hits == 1
 
 
@@ -108,7 +99,7 @@ async def test_rejected_api_key_is_failed_precondition(
     client = daytona.client(stack.address, stack.client_token)
     try:
         # Never UNAUTHENTICATED: that would tell the client its own credential is wrong.
-        await _expect(client.create(), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
+        await expect_error(client.create(), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
     finally:
         await client.close()
         stack.stop()
@@ -118,8 +109,10 @@ async def test_unreachable_api_is_unavailable(make_stack: Callable[..., LocalSta
     stack = make_stack(daytona, DAYTONA_API_URL="http://127.0.0.1:9/api")
     client = daytona.client(stack.address, stack.client_token)
     try:
-        await _expect(client.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
-        await _expect(client.get("providers/daytona/sandboxes/abc"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(
+            client.get("providers/daytona/sandboxes/abc"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE"
+        )
     finally:
         await client.close()
         stack.stop()
@@ -128,8 +121,8 @@ async def test_unreachable_api_is_unavailable(make_stack: Callable[..., LocalSta
 async def test_vanished_sandbox_is_not_found(rpc: Client, emulator: DaytonaEmulator) -> None:
     created = await rpc.create()
     emulator.vanish(_native(created.name))
-    await _expect(rpc.get(created.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
-    await _expect(rpc.run(created.name, ["true"]), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await expect_error(rpc.get(created.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await expect_error(rpc.run(created.name, ["true"]), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
     await rpc.delete(created.name)  # already gone is what the caller wants
 
 
@@ -228,12 +221,12 @@ async def test_resources_labels_and_ttl_reach_daytona(rpc: Client, emulator: Day
         assert dto["labels"]["sandbox.platform.label/team"] == "payments"
         assert dto["labels"]["sandbox.platform/tenant"]
         assert dto["autoDestroyAt"]  # Daytona itself ends the sandbox when its TTL does
-        await _expect(
+        await expect_error(
             rpc.create(spec=pb.SandboxSpec(image="no-such-image:404", network_mode="host")),
             grpc.StatusCode.FAILED_PRECONDITION,
             "IMAGE_NOT_FOUND",
         )
-        await _expect(
+        await expect_error(
             rpc.create(spec=pb.SandboxSpec(network_mode="host", milli_cpus=64000)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "LIMIT_EXCEEDED",
@@ -286,12 +279,8 @@ async def test_refused_clone_fails_create_and_leaves_nothing(
     token = "wrong-token-0123456789" if problem == "wrong token" else git_server.token or ""
     base_ref = "no-such-branch" if problem == "missing base ref" else ""
     setup = pb.RepositorySetup(url=git_server.url(name), token=token, base_ref=base_ref)
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await rpc.create(repository=setup)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    info = error_info(err.value)
-    assert info is not None and info.reason == "CLONE_FAILED"
-    assert token not in (err.value.details() or "")
+    err = await expect_error(rpc.create(repository=setup), grpc.StatusCode.FAILED_PRECONDITION, "CLONE_FAILED")
+    assert token not in (err.details() or "")
     # The autouse fixture checks that the sandbox made for the clone was deleted.
 
 
@@ -300,7 +289,7 @@ async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Clie
     try:
         await rpc.write_file(created.name, "/tmp/kept", b"old")
         emulator.inject(Fault(r"POST /toolbox/.*/files/bulk-upload$", status=500, times=-1))
-        await _expect(
+        await expect_error(
             rpc.write_file(created.name, "/tmp/kept", b"new"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE"
         )
         emulator.clear_faults()

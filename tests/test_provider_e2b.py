@@ -12,9 +12,8 @@ import pytest
 from google.protobuf import duration_pb2
 
 from orchestrator.local_stack import LocalStack
-from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client, Collected
+from tests.client import Client, Collected, expect_error
 from tests.emulators.e2b.emulator import E2BEmulator
 from tests.emulators.e2b.harness import E2BHarness
 from tests.harness import ProviderHarness
@@ -53,14 +52,6 @@ async def rpc(e2b: E2BHarness, e2b_stack: LocalStack) -> AsyncIterator[Client]:
     await c.close()
 
 
-async def expect(call: object, code: grpc.StatusCode, reason: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    assert err.value.code() == code, err.value.details()
-    info = error_info(err.value)
-    assert info is not None and info.reason == reason, info
-
-
 async def test_unreachable_api_is_unavailable(
     e2b: E2BHarness, make_stack: Callable[..., LocalStack], emulator: E2BEmulator
 ) -> None:
@@ -68,9 +59,9 @@ async def test_unreachable_api_is_unavailable(
     stack = make_stack(e2b, E2B_API_URL="http://127.0.0.1:1", E2B_SANDBOX_URL="http://127.0.0.1:1")
     client = e2b.client(stack.address, stack.client_token)
     try:
-        await expect(client.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+        await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
         listing = client.stub.ListSandboxes(pb.ListSandboxesRequest(parent="providers/e2b"), metadata=client.metadata)
-        await expect(listing, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+        await expect_error(listing, grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     finally:
         await client.close()
         stack.stop()
@@ -83,7 +74,7 @@ async def test_rejected_api_key_is_the_operators_problem(
     client = e2b.client(stack.address, stack.client_token)
     try:
         # Never UNAUTHENTICATED: the client's own credential was fine.
-        await expect(client.create(), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
+        await expect_error(client.create(), grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
         providers = await client.stub.ListProviders(pb.ListProvidersRequest(), metadata=client.metadata)
         assert [(p.name, p.ready) for p in providers.providers] == [("e2b", False)]
     finally:
@@ -95,7 +86,7 @@ async def test_rejected_api_key_is_the_operators_problem(
 async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: E2BEmulator) -> None:
     emulator.fail(CREATE, 429, times=None, headers={"Retry-After": "0"})
     before = emulator.count(CREATE)
-    await expect(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
+    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
     # The SDK retried (the idempotency key makes create safe to retry), then gave up: 1 + 3 attempts.
     assert emulator.count(CREATE) - before == 4
 
@@ -115,7 +106,7 @@ async def test_server_error_is_unavailable_and_not_retried(rpc: Client, emulator
     # A 500 may have happened after the work was done: the SDK does not retry it, and neither does the driver.
     emulator.fail(CREATE, 500, times=None)
     before = emulator.count(CREATE)
-    await expect(rpc.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+    await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     assert emulator.count(CREATE) - before == 1
 
 
@@ -136,7 +127,7 @@ async def test_slow_api_is_unavailable(rpc: Client, emulator: E2BEmulator) -> No
         native_id = created.name.rsplit("/", 1)[1]
         # Longer than the stack's 2 s request timeout.
         emulator.slow(rf"^GET /sandboxes/{native_id}$", 4, times=None)
-        await expect(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+        await expect_error(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
         emulator.clear_faults()
         assert (await rpc.get(created.name)).state == pb.Sandbox.STATE_RUNNING
     finally:
@@ -158,9 +149,9 @@ async def test_vanished_sandbox_is_not_found(rpc: Client, emulator: E2BEmulator)
     created = await rpc.create()
     await rpc.run(created.name, ["true"])  # this replica now holds a connection to the sandbox
     emulator.vanish(created.name.rsplit("/", 1)[1])
-    await expect(rpc.get(created.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await expect_error(rpc.get(created.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
     # The process call goes to envd, whose edge answers that the sandbox is gone.
-    await expect(rpc.run(created.name, ["true"]), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await expect_error(rpc.run(created.name, ["true"]), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
     await rpc.delete(created.name)  # already gone: deleting succeeds
 
 
@@ -200,21 +191,21 @@ async def test_sandbox_timeout_follows_the_requested_lifetime(rpc: Client, emula
             break
         await asyncio.sleep(0.25)
     # E2B ended the sandbox when its timeout passed, with the lifetime the client asked for.
-    await expect(rpc.get(short.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await expect_error(rpc.get(short.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
 
 
 async def test_unsupported_spec_fields_are_invalid(rpc: Client, emulator: E2BEmulator) -> None:
-    await expect(
+    await expect_error(
         rpc.create(spec=pb.SandboxSpec(network_mode="host", milli_cpus=500)),
         grpc.StatusCode.INVALID_ARGUMENT,
         "UNSUPPORTED_FIELD",
     )
-    await expect(
+    await expect_error(
         rpc.create(spec=pb.SandboxSpec(network_mode="host", image="no-such-template")),
         grpc.StatusCode.FAILED_PRECONDITION,
         "IMAGE_NOT_FOUND",
     )
-    await expect(
+    await expect_error(
         rpc.create(spec=pb.SandboxSpec(network_mode="host", ttl=duration_pb2.Duration(seconds=2 * 86400))),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_FIELD",
@@ -267,7 +258,7 @@ async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Clie
     try:
         await rpc.write_file(created.name, "/tmp/kept", b"old")
         emulator.fail(r"^POST /files$", 429, times=None, headers={"Retry-After": "0"})
-        await expect(
+        await expect_error(
             rpc.write_file(created.name, "/tmp/kept", b"new"),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "PROVIDER_RATE_LIMITED",

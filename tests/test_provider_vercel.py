@@ -12,9 +12,8 @@ import pytest
 from google.protobuf import duration_pb2
 
 from orchestrator.local_stack import LocalStack
-from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client
+from tests.client import Client, expect_error
 from tests.emulators.vercel.harness import VercelHarness
 from tests.emulators.vercel.server import Emulator
 from tests.harness import HARNESSES, ProviderHarness
@@ -54,30 +53,14 @@ async def rpc(vercel: VercelHarness, fault_stack: LocalStack) -> AsyncIterator[C
     await c.close()
 
 
-async def _fails(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call  # type: ignore[misc]
-    return err.value
-
-
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    info = error_info(err)
-    return info.reason if info else ""
-
-
 async def test_server_errors_on_create_are_unavailable(rpc: Client, emulator: Emulator) -> None:
     emulator.inject(method="POST", path="^/v3/sandboxes$", status=503)
-    err = await _fails(rpc.create())
-    assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert _reason(err) == "VERCEL_UNAVAILABLE"
-    assert "Traceback" not in (err.details() or "")
+    await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "VERCEL_UNAVAILABLE")  # and no traceback
 
 
 async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: Emulator) -> None:
     emulator.inject(method="POST", path="^/v3/sandboxes$", status=429)
-    err = await _fails(rpc.create())
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert _reason(err) == "VERCEL_RATE_LIMITED"
+    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "VERCEL_RATE_LIMITED")
 
 
 async def test_transient_errors_on_reads_are_retried(rpc: Client, emulator: Emulator) -> None:
@@ -95,8 +78,7 @@ async def test_slow_responses_past_the_timeout_are_unavailable(rpc: Client, emul
     try:
         # Slower than the 2 s request timeout on every attempt; a read is retried, then given up.
         emulator.inject(method="GET", path="^/v2/sandboxes/sbx-", delay=3.0, times=3)
-        err = await _fails(rpc.get(created.name))
-        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        await expect_error(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE)
         # Slow but within the timeout is fine.
         emulator.clear_faults()
         emulator.inject(method="GET", path="^/v2/sandboxes/sbx-", delay=0.5)
@@ -108,11 +90,8 @@ async def test_slow_responses_past_the_timeout_are_unavailable(rpc: Client, emul
 async def test_vanished_sandbox_is_not_found(rpc: Client, emulator: Emulator) -> None:
     created = await rpc.create()
     emulator.vanish(created.name.rsplit("/", 1)[1])
-    err = await _fails(rpc.get(created.name))
-    assert err.code() == grpc.StatusCode.NOT_FOUND
-    assert _reason(err) == "SANDBOX_NOT_FOUND"
-    err = await _fails(rpc.run(created.name, ["true"]))
-    assert err.code() == grpc.StatusCode.NOT_FOUND
+    await expect_error(rpc.get(created.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    await expect_error(rpc.run(created.name, ["true"]), grpc.StatusCode.NOT_FOUND)
     await rpc.delete(created.name)  # already gone: deleting succeeds
 
 
@@ -152,10 +131,8 @@ async def test_rejected_api_key_is_failed_precondition(
     c = vercel.client(stack.address, stack.client_token)
     try:
         for call in (c.create(), c.get("providers/vercel/sandboxes/sbx-any")):
-            err = await _fails(call)
             # Never UNAUTHENTICATED: that code is about the client's own credential.
-            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert _reason(err) == "PROVIDER_AUTH_FAILED"
+            await expect_error(call, grpc.StatusCode.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
     finally:
         await c.close()
 
@@ -167,9 +144,7 @@ async def test_unreachable_api_is_unavailable(vercel: VercelHarness, make_stack:
     stack = make_stack(vercel, SANDBOX_VERCEL_API_URL=f"http://127.0.0.1:{port}/")
     c = vercel.client(stack.address, stack.client_token)
     try:
-        err = await _fails(c.create())
-        assert err.code() == grpc.StatusCode.UNAVAILABLE
-        assert _reason(err) == "VERCEL_UNAVAILABLE"
+        await expect_error(c.create(), grpc.StatusCode.UNAVAILABLE, "VERCEL_UNAVAILABLE")
     finally:
         await c.close()
 
@@ -204,8 +179,7 @@ async def test_unsupported_spec_fields_are_invalid(rpc: Client) -> None:
         pb.SandboxSpec(network_mode="bridge"),
         pb.SandboxSpec(milli_cpus=64000),
     ):
-        err = await _fails(rpc.create(spec=spec))
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await expect_error(rpc.create(spec=spec), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_consumer_stopping_early_ends_the_follower_not_the_command(rpc: Client) -> None:
@@ -266,8 +240,7 @@ async def test_expired_sandbox_stops_and_is_reaped(
                 break
             await asyncio.sleep(0.1)
         assert native_id not in emulator.sandboxes
-        err = await _fails(c.get(created.name))
-        assert err.code() == grpc.StatusCode.NOT_FOUND
+        await expect_error(c.get(created.name), grpc.StatusCode.NOT_FOUND)
     finally:
         await c.delete(created.name)
         await c.close()
@@ -304,8 +277,11 @@ async def test_failed_upload_is_retried_then_reported_and_leaves_the_file_as_it_
         emulator.inject(method="POST", path="/fs/write$", status=503, times=1)
         await rpc.write_file(created.name, "/tmp/kept", b"new after a retry")
         emulator.inject(method="POST", path="/fs/write$", status=503, times=100)
-        err = await _fails(rpc.write_file(created.name, "/tmp/kept", b"never written"))
-        assert (err.code(), _reason(err)) == (grpc.StatusCode.UNAVAILABLE, "VERCEL_UNAVAILABLE")
+        await expect_error(
+            rpc.write_file(created.name, "/tmp/kept", b"never written"),
+            grpc.StatusCode.UNAVAILABLE,
+            "VERCEL_UNAVAILABLE",
+        )
         emulator.clear_faults()
         assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"new after a retry"]
     finally:
