@@ -228,21 +228,30 @@ class DockerDriver(Driver):
     accepts_stdin = True
 
     async def run_with_stdin(self, native_id: str, argv: list[str], stdin: bytes) -> ProcessResult:
+        def send(raw: socket.socket) -> None:
+            # A command that exits early stops reading: the engine then closes the connection.
+            with contextlib.suppress(OSError):
+                raw.sendall(stdin)
+                raw.shutdown(socket.SHUT_WR)  # end of file for the command
+
         def run() -> ProcessResult:
             exec_id = self._api.exec_create(native_id, argv, stdin=True, stdout=True, stderr=True)["Id"]
             sock: Any = self._api.exec_start(exec_id, socket=True)
             raw: socket.socket = getattr(sock, "_sock", sock)
+            # Sending and reading at once: a command that writes while it reads, or exits without reading
+            # everything, must not leave either side waiting for the other.
+            sender = threading.Thread(target=send, args=(raw,), name=f"stdin-{exec_id[:12]}", daemon=True)
+            sender.start()
             out, err = bytearray(), bytearray()
             try:
-                # A command that exits early stops reading: the engine then drops the rest, or the connection.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    raw.sendall(stdin)
-                    raw.shutdown(socket.SHUT_WR)  # end of file for the command
                 with contextlib.suppress(ConnectionResetError):
                     for fd, data in frames_iter(sock, tty=False):  # type: ignore[no-untyped-call]
                         (out if fd == 1 else err).extend(data)
             finally:
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)  # unblocks a sender the engine no longer reads from
                 sock.close()
+                sender.join()
             code = self._api.exec_inspect(exec_id)["ExitCode"]
             return ProcessResult(code if code is not None else 255, bytes(out), bytes(err))
 
