@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import socket
 import threading
@@ -100,6 +101,10 @@ class DockerDriver(Driver):
                 f"spec.network_mode must be one of {', '.join(s.network_modes)}",
                 field="spec.network_mode",
             )
+        if out.ports and out.network_mode == "none":
+            raise invalid_argument(
+                "PORTS_NEED_A_NETWORK", "spec.ports cannot be reached with network_mode none", field="spec.ports"
+            )
         for mount in out.mounts:
             if mount.source not in s.allowed_mounts:
                 raise invalid_argument(
@@ -116,9 +121,15 @@ class DockerDriver(Driver):
             return f"sbx-{digest[:20]}"
         return f"sbx-{uuid.uuid4().hex[:20]}"
 
-    def _record(self, name: str, labels: dict[str, str], state: str) -> SandboxRecord:
+    def _record(self, name: str, labels: dict[str, str], state: str, published: dict[int, int]) -> SandboxRecord:
+        """published: the engine's host port for each container port (bridge mode)."""
         states = {"running": sandbox_pb2.Sandbox.STATE_RUNNING, "created": sandbox_pb2.Sandbox.STATE_STARTING}
-        return records.decode(name.lstrip("/"), labels, states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED))
+        record = records.decode(name.lstrip("/"), labels, states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED))
+        host = self._settings.docker_endpoint_host
+        if record.spec.network_mode == "host":
+            published = {port: port for port in record.spec.ports}
+        endpoints = {port: f"http://{host}:{published[port]}" for port in record.spec.ports if port in published}
+        return dataclasses.replace(record, endpoints=endpoints)
 
     async def create(self, new: NewSandbox) -> SandboxRecord:
         name = self._container_name(new)
@@ -131,6 +142,10 @@ class DockerDriver(Driver):
             pids_limit=spec.pids_limit,
             network_mode=spec.network_mode,
             binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+            # Each port on an ephemeral port of the engine host (bridge mode; host mode shares the host's ports).
+            port_bindings={port: (self._settings.docker_publish_ip,) for port in spec.ports}
+            if spec.network_mode != "host"
+            else None,
         )
         try:
             await self._call(
@@ -140,6 +155,7 @@ class DockerDriver(Driver):
                 name=name,
                 labels=records.encode(new, self._settings.docker_owner),
                 host_config=host_config,
+                ports=list(spec.ports) or None,
                 entrypoint=["sleep", "infinity"],
                 command=[],
                 environment=dict(spec.env),
@@ -166,7 +182,9 @@ class DockerDriver(Driver):
             with contextlib.suppress(Exception):
                 await self._call(subject, self._api.remove_container, name, force=True, v=True)
             raise
-        return self._record(name, records.encode(new, self._settings.docker_owner), "running")
+        if spec.ports and spec.network_mode != "host":
+            return await self.get(name)  # the engine picked the published ports
+        return self._record(name, records.encode(new, self._settings.docker_owner), "running", {})
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a container whose name another request has reserved. The engine reserves the name before
@@ -185,7 +203,9 @@ class DockerDriver(Driver):
         labels = attrs["Config"].get("Labels") or {}
         if labels.get(records.OWNER_KEY) != self._settings.docker_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
-        return self._record(attrs["Name"], labels, attrs["State"]["Status"])
+        bindings = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
+        published = {int(key.split("/")[0]): int(hosts[0]["HostPort"]) for key, hosts in bindings.items() if hosts}
+        return self._record(attrs["Name"], labels, attrs["State"]["Status"], published)
 
     async def _managed(self, *filters: str) -> list[dict[str, Any]]:
         labels = [f"{records.OWNER_KEY}={self._settings.docker_owner}", *filters]
@@ -193,7 +213,15 @@ class DockerDriver(Driver):
 
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
         filters = [f"{records.TENANT_KEY}={tenant}", *(f"{records.USER_LABEL}{k}={v}" for k, v in labels.items())]
-        found = [self._record(c["Names"][0], c["Labels"], c["State"]) for c in await self._managed(*filters)]
+        found = [
+            self._record(
+                c["Names"][0],
+                c["Labels"],
+                c["State"],
+                {p["PrivatePort"]: p["PublicPort"] for p in c.get("Ports") or [] if "PublicPort" in p},
+            )
+            for c in await self._managed(*filters)
+        ]
         found.sort(key=lambda r: r.native_id)
         return [r for r in found if r.native_id > after][:limit]
 

@@ -24,6 +24,10 @@ class DockerSettings(ProviderSettings):
     docker_network_modes: str = "bridge,none,host"
     # Host paths a request may mount read-only, comma-separated (e.g. /etc/ssl/certs/ca-certificates.crt).
     docker_allowed_mounts: str = ""
+    # Where clients reach the sandboxes' spec.ports: the host in endpoint URLs, and the engine host's address
+    # that bridge-mode ports are published on (0.0.0.0 for every interface).
+    docker_endpoint_host: str = "127.0.0.1"
+    docker_publish_ip: str = "127.0.0.1"
     # Names this deployment in container labels; the reaper only deletes containers with its own owner.
     docker_owner: str = "sandbox-platform"
 

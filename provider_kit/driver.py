@@ -42,6 +42,8 @@ class SandboxRecord:
     create_time: datetime
     expire_time: datetime
     metadata: dict[str, str] = field(default_factory=dict)
+    #: port -> URL for each of spec.ports, as the provider reports it now.
+    endpoints: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

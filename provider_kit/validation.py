@@ -20,6 +20,7 @@ MAX_ENV_BYTES = 256 * 1024
 MAX_ARGV_ITEMS = 4096
 MAX_ARGV_BYTES = 256 * 1024
 MAX_PATH = 4096
+MAX_PORTS = 8
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _LABEL_KEY = re.compile(r"[a-z0-9]([a-z0-9_./-]{0,61}[a-z0-9])?")
@@ -109,6 +110,10 @@ def spec(value: sandbox_pb2.SandboxSpec, *, max_ttl: float) -> None:
         absolute_path(mount.target, f"spec.mounts[{i}].target", required=True)
     env(dict(value.env), "spec.env")
     seconds(value.ttl, "spec.ttl", maximum=max_ttl)
+    if len(value.ports) > MAX_PORTS:
+        _fail("spec.ports", f"may hold at most {MAX_PORTS} ports")
+    if len(set(value.ports)) != len(value.ports) or any(not 1 <= port <= 65535 for port in value.ports):
+        _fail("spec.ports", "must be distinct port numbers from 1 to 65535")
 
 
 def request_hash(request: sandbox_pb2.CreateSandboxRequest) -> str:

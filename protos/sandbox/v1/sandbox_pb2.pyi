@@ -83,6 +83,7 @@ class Sandbox(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     WORKSPACE_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name: providers/{provider}/sandboxes/{native_id}."""
     provider: _builtins.str
@@ -111,6 +112,10 @@ class Sandbox(_message.Message):
     def workspace(self) -> Global___Workspace:
         """The git workspace prepared at creation, if a repository was given."""
 
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Endpoint]:
+        """Where each of spec.ports is reachable from outside the sandbox."""
+
     def __init__(
         self,
         *,
@@ -123,10 +128,11 @@ class Sandbox(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
         workspace: Global___Workspace | None = ...,
+        endpoints: _abc.Iterable[Global___Endpoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "spec", b"spec", "workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "labels", b"labels", "name", b"name", "provider", b"provider", "request_id", b"request_id", "spec", b"spec", "state", b"state", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "endpoints", b"endpoints", "expire_time", b"expire_time", "labels", b"labels", "name", b"name", "provider", b"provider", "request_id", b"request_id", "spec", b"spec", "state", b"state", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,6 +172,7 @@ class SandboxSpec(_message.Message):
     MOUNTS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """The image or template to start from; the provider's default when empty."""
     milli_cpus: _builtins.int
@@ -188,6 +195,12 @@ class SandboxSpec(_message.Message):
     def ttl(self) -> _duration_pb2.Duration:
         """How long the sandbox may live before it is deleted automatically."""
 
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ports that servers in the sandbox listen on and that must be reachable from outside it (at most 8);
+        their URLs are in Sandbox.endpoints.
+        """
+
     def __init__(
         self,
         *,
@@ -199,10 +212,11 @@ class SandboxSpec(_message.Message):
         mounts: _abc.Iterable[Global___Mount] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        ports: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "image", b"image", "memory_bytes", b"memory_bytes", "milli_cpus", b"milli_cpus", "mounts", b"mounts", "network_mode", b"network_mode", "pids_limit", b"pids_limit", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "image", b"image", "memory_bytes", b"memory_bytes", "milli_cpus", b"milli_cpus", "mounts", b"mounts", "network_mode", b"network_mode", "pids_limit", b"pids_limit", "ports", b"ports", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -706,6 +720,32 @@ class CancelExecutionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelExecutionRequest: _TypeAlias = CancelExecutionRequest  # noqa: Y015
+
+@_typing.final
+class Endpoint(_message.Message):
+    """A port of a sandbox and the URL that reaches it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PORT_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    port: _builtins.int
+    """The port inside the sandbox."""
+    url: _builtins.str
+    """The URL to reach it with, such as https://3000-abc.example.dev or http://10.0.0.5:3000."""
+    def __init__(
+        self,
+        *,
+        port: _builtins.int = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
 
 @_typing.final
 class WriteFileRequest(_message.Message):
