@@ -12,6 +12,7 @@ import abc
 import importlib
 import importlib.util
 import os
+import urllib.parse
 from pathlib import Path
 
 import docker
@@ -47,6 +48,20 @@ class ProviderHarness(abc.ABC):
     def sandbox_spec(self) -> pb.SandboxSpec:
         """The spec tests create sandboxes with: host networking, so sandboxes reach loopback servers."""
         return pb.SandboxSpec(network_mode="host")
+
+    def edge(self) -> tuple[str, str] | None:
+        """(domain, emulator URL) when the backend's emulator serves the hosts under domain as the cloud's edge
+        proxy serves sandbox ports."""
+        return None
+
+    def connect_to(self, url: str) -> tuple[str, int]:
+        """The address a test connects to for an endpoint URL (like curl's --connect-to): the emulator for
+        hosts under its edge domain, else the URL's own host and port."""
+        parts = urllib.parse.urlsplit(url)
+        edge = self.edge()
+        if edge is not None and (parts.hostname or "").endswith(f".{edge[0]}"):
+            parts = urllib.parse.urlsplit(edge[1])
+        return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
     def client(self, address: str, token: str) -> Client:
         """A client of a stack of this provider."""

@@ -14,6 +14,9 @@ with /{sandboxId} (daytona/internal/toolbox_api_client_proxy.py)):
   GET    /api/sandbox/{idOrName}            read
   DELETE /api/sandbox/{idOrName}            destroy
   GET    /api/sandbox/{id}/toolbox-proxy-url
+  GET    /api/sandbox/{id}/ports/{port}/preview-url        https://<port>-<id>.<DOMAIN> and the preview token
+  any    https://<port>-<id>.<DOMAIN>/...                  the port, through the emulated edge (token or API key
+                                                           needed unless the sandbox is public)
   POST   /toolbox/{id}/process/session                     create a session
   POST   /toolbox/{id}/process/session/{sid}/exec          run a command (runAsync)
   GET    /toolbox/{id}/process/session/{sid}/command/{cid} the command and its exit code
@@ -40,6 +43,7 @@ import io
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import tarfile
@@ -61,11 +65,16 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from tests.emulators.preview_proxy import edge_error, parse_preview_host, preview_host, preview_proxy
+
 OWNER_LABEL = "sandbox.platform/managed-by"
 ID_LABEL = "daytona.emulator/id"
 STDOUT_PREFIX = b"\x01\x01\x01"
 STDERR_PREFIX = b"\x02\x02\x02"
 ORGANIZATION = "org-emulated"
+#: The preview domain this emulator plays (Daytona's cloud uses proxy.daytona.works).
+DOMAIN = "daytona-emulator.test"
+PREVIEW_TOKEN_HEADER = "x-daytona-preview-token"
 # The daemon's git routes, over real git in the container. Credentials live only in the git process's
 # environment, read by a helper given on the command line; git runs as the checkout's owner, as the daemon
 # runs as the sandbox user.
@@ -181,6 +190,7 @@ class Sandbox:
     dto: dict[str, Any]
     container: str
     sessions: dict[str, dict[str, Command]] = field(default_factory=dict)
+    preview_token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
 
 
 def _now() -> str:
@@ -278,6 +288,7 @@ class DaytonaEmulator:
             Route("/api/sandbox/{sid}", self._get, methods=["GET"]),
             Route("/api/sandbox/{sid}", self._delete, methods=["DELETE"]),
             Route("/api/sandbox/{sid}/toolbox-proxy-url", self._proxy_url, methods=["GET"]),
+            Route("/api/sandbox/{sid}/ports/{port:int}/preview-url", self._preview_url, methods=["GET"]),
             Route("/toolbox/{sid}/process/session", self._create_session, methods=["POST"]),
             Route("/toolbox/{sid}/process/session/{session}", self._delete_session, methods=["DELETE"]),
             Route("/toolbox/{sid}/process/session/{session}/exec", self._exec, methods=["POST"]),
@@ -293,7 +304,22 @@ class DaytonaEmulator:
             Route("/toolbox/{sid}/git/push", self._git_push, methods=["POST"]),
             Route("/toolbox/{sid}/files/bulk-upload", self._upload, methods=["POST"]),
         ]
-        return self._middleware(Starlette(routes=routes))
+        return preview_proxy(self._middleware(Starlette(routes=routes)), self._preview_route)
+
+    def _preview_route(self, host: str, headers: dict[str, str]) -> int | Response | None:
+        parsed = parse_preview_host(host, DOMAIN)
+        if parsed is None:
+            return None
+        port, sid = parsed
+        sandbox = self._find(sid)
+        if sandbox is None:
+            return edge_error(404, f"sandbox {sid} not found")
+        allowed = (
+            sandbox.dto["public"]
+            or headers.get(PREVIEW_TOKEN_HEADER) == sandbox.preview_token
+            or headers.get("authorization") == f"Bearer {self.api_key}"
+        )
+        return port if allowed else edge_error(401, "Unauthorized: a preview token or an API key is required")
 
     def _match_fault(self, what: str) -> Fault | None:
         with self._lock:
@@ -452,6 +478,14 @@ class DaytonaEmulator:
 
     async def _proxy_url(self, request: Request) -> Response:
         return JSONResponse({"url": f"http://127.0.0.1:{self.port}/toolbox"})
+
+    async def _preview_url(self, request: Request) -> Response:
+        # daytona_api_client_async/models/port_preview_url.py
+        sandbox = self._find(request.path_params["sid"])
+        if sandbox is None:
+            return _error(404, f"Sandbox with ID or name {request.path_params['sid']} not found")
+        url = f"https://{preview_host(request.path_params['port'], sandbox.dto['id'], DOMAIN)}"
+        return JSONResponse({"sandboxId": sandbox.dto["id"], "url": url, "token": sandbox.preview_token})
 
     async def _delete(self, request: Request) -> Response:
         sandbox = self._find(request.path_params["sid"])

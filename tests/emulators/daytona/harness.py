@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.emulators.daytona.emulator import DaytonaEmulator
+from tests.emulators.daytona.emulator import DOMAIN, DaytonaEmulator
 from tests.harness import ProviderHarness
 
 
@@ -24,3 +24,6 @@ class DaytonaHarness(ProviderHarness):
             "DAYTONA_TARGET": "us",
             "SANDBOX_DAYTONA_OWNER": self.owner,
         }
+
+    def edge(self) -> tuple[str, str] | None:
+        return DOMAIN, f"http://127.0.0.1:{self.emulator.port}"

@@ -53,12 +53,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulators.preview_proxy import edge_error, parse_preview_host, preview_proxy
+
 ENVD_VERSION = "0.6.4"
 OWNER_LABEL = "sandbox.platform/managed-by"
 SANDBOX_LABEL = "e2b.emulator/sandbox-id"
 # The longest sandbox timeout E2B accepts (Pro tier: 24 hours).
 MAX_TIMEOUT_SECONDS = 24 * 3600
 DEFAULT_TIMEOUT_SECONDS = 300
+#: The sandbox domain this emulator plays (E2B's is e2b.app): `<port>-<sandbox id>.<domain>` reaches a port.
+DOMAIN = "e2b-emulator.test"
 # Output chunks the Docker reader may get ahead of the HTTP response.
 STREAM_BUFFER_CHUNKS = 64
 
@@ -170,7 +174,7 @@ class E2BEmulator:
         # Long keep-alive: the SDK's pool keeps idle connections for 300 s, and a server that closes them
         # first races with requests the client writes on them.
         config = uvicorn.Config(
-            self._asgi,
+            preview_proxy(self._asgi, self._preview_route),
             host="127.0.0.1",
             port=0,
             log_level="warning",
@@ -281,6 +285,16 @@ class E2BEmulator:
             await _error(401, "Invalid API key")(scope, receive, send)
             return
         await self._app(scope, receive, send)
+
+    def _preview_route(self, host: str, headers: dict[str, str]) -> int | Response | None:
+        # E2B exposes every port of a sandbox (no declaration); public traffic needs no token.
+        parsed = parse_preview_host(host, DOMAIN)
+        if parsed is None:
+            return None
+        port, sandbox_id = parsed
+        if self._lookup(sandbox_id) is None:
+            return edge_error(502, f"The sandbox {sandbox_id} was not found")
+        return port
 
     def _build_app(self) -> Starlette:
         self._envd = ProcessASGIApplication(_ProcessService(self))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.emulators.e2b.emulator import E2BEmulator
+from tests.emulators.e2b.emulator import DOMAIN, E2BEmulator
 from tests.harness import ProviderHarness
 
 BASE_IMAGE = "sandbox-base:bookworm-2"
@@ -26,8 +26,13 @@ class E2BHarness(ProviderHarness):
             "E2B_API_KEY": self.emulator.api_key,
             "E2B_API_URL": self.emulator.url,
             "E2B_SANDBOX_URL": self.emulator.url,
+            # Where sandbox ports are (<port>-<id>.<domain>): the emulator's edge proxy answers for it.
+            "E2B_DOMAIN": DOMAIN,
             # The emulator is a plain-HTTP/1.1 server (uvicorn).
             "E2B_HTTP_VERSION": "1.1",
             "SANDBOX_E2B_DEFAULT_TEMPLATE": TEMPLATE,
             "SANDBOX_E2B_OWNER": self.owner,
         }
+
+    def edge(self) -> tuple[str, str] | None:
+        return DOMAIN, self.emulator.url

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.emulators.vercel.server import Emulator, EmulatorServer
+from tests.emulators.vercel.server import DOMAIN, Emulator, EmulatorServer
 from tests.harness import ProviderHarness
 
 TEAM_ID = "team_emulated"
@@ -38,3 +38,6 @@ class VercelHarness(ProviderHarness):
         # Vercel has no network modes: sandboxes get full egress (the emulator uses host networking, so they
         # reach loopback servers); "none" maps to a deny-all network policy.
         return pb.SandboxSpec()
+
+    def edge(self) -> tuple[str, str] | None:
+        return DOMAIN, self.server.url

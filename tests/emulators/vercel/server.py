@@ -4,6 +4,7 @@ The routes, payload shapes and status codes follow the SDK's own client
 (vercel/sandbox/_internal/api_client.py, log_stream.py, recovery.py, service.py) and Vercel's public docs:
 
   POST   v3/sandboxes                                   create (returns {sandbox, session, routes})
+  any    https://<port>-<name>.<DOMAIN>/...             a declared port, through the emulated edge
   GET    v2/sandboxes/{name}[?resume=true]              read, or resume a stopped sandbox
   GET    v2/sandboxes?tags=key:value&sortBy=name...     query, paginated by an opaque cursor
   DELETE v2/sandboxes/{name}                            destroy
@@ -44,6 +45,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.emulators.preview_proxy import edge_error, parse_preview_host, preview_host, preview_proxy
+
 OWNER_LABEL = "sandbox.platform/managed-by"
 SANDBOX_LABEL = "vercel-emulator/sandbox"
 DEFAULT_IMAGE = "sandbox-base:bookworm-2"
@@ -52,6 +55,10 @@ MAX_TAGS = 5
 MAX_SESSION_MS = 5 * 3600 * 1000
 DEFAULT_SESSION_MS = 5 * 60 * 1000
 MAX_PAGE = 50
+# Vercel exposes at most 15 ports per sandbox, each at https://<subdomain>.vercel.run; this emulator's edge
+# answers for <port>-<name>.<DOMAIN> instead.
+MAX_PORTS = 15
+DOMAIN = "vercel-emulator.test"
 
 
 def _now_ms() -> int:
@@ -148,6 +155,7 @@ class Sandbox:
     timeout_ms: int
     deny_network: bool
     created_at: int
+    ports: list[int] = field(default_factory=list)
     session_id: str = ""
     container: str = ""
     status: str = "pending"
@@ -171,6 +179,13 @@ class Sandbox:
             "tags": self.tags,
         }
 
+    def routes(self) -> list[dict[str, Any]]:
+        # {url, port, subdomain} as vercel/sandbox/_internal/api_client.py's _SandboxRoutePayload reads them.
+        hosts = {port: preview_host(port, self.name, DOMAIN) for port in self.ports}
+        return [
+            {"url": f"https://{host}", "port": port, "subdomain": host.split(".")[0]} for port, host in hosts.items()
+        ]
+
 
 class Emulator:
     """State and routes of the emulated API; `app` is the ASGI application."""
@@ -186,7 +201,7 @@ class Emulator:
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self.app = Starlette(routes=self._routes())
+        self.app = preview_proxy(Starlette(routes=self._routes()), self._preview_route)
 
     # -- fault injection -------------------------------------------------------------------------------------
 
@@ -219,6 +234,17 @@ class Emulator:
             self.vanish(name)
 
     # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _preview_route(self, host: str, headers: dict[str, str]) -> int | Response | None:
+        parsed = parse_preview_host(host, DOMAIN)
+        if parsed is None:
+            return None
+        port, name = parsed
+        sandbox = self.sandboxes.get(name)
+        # Only the ports declared at creation have routes.
+        if sandbox is None or port not in sandbox.ports:
+            return edge_error(404, f"no route for {host}")
+        return port
 
     def _routes(self) -> list[Route]:
         p = "/v2/sandboxes"
@@ -355,7 +381,11 @@ class Emulator:
 
     def _sandbox_response(self, sandbox: Sandbox, status: int = 200) -> JSONResponse:
         session = self.sessions.get(sandbox.session_id)
-        body = {"sandbox": sandbox.payload(session), "session": session.payload() if session else None, "routes": []}
+        body = {
+            "sandbox": sandbox.payload(session),
+            "session": session.payload() if session else None,
+            "routes": sandbox.routes(),
+        }
         return JSONResponse(body, status_code=status)
 
     # -- sandboxes -----------------------------------------------------------------------------------------
@@ -374,6 +404,9 @@ class Emulator:
         vcpus = int(resources.get("vcpus") or 2)
         name = body.get("name") or f"sbx_{uuid.uuid4().hex[:20]}"
         policy = body.get("networkPolicy") or {}
+        ports = [int(port) for port in body.get("ports") or []]
+        if len(ports) > MAX_PORTS or any(not 1 <= port <= 65535 for port in ports):
+            return _error(400, "bad_request", f"ports must hold at most {MAX_PORTS} ports from 1 to 65535")
         sandbox = Sandbox(
             name=name,
             project_id=self.project_id,
@@ -385,6 +418,7 @@ class Emulator:
             timeout_ms=timeout,
             deny_network=policy.get("mode") == "deny-all",
             created_at=_now_ms(),
+            ports=ports,
         )
         with self._lock:
             # Names are unique in a project: the second create of a name conflicts, even mid-creation.
@@ -462,7 +496,8 @@ class Emulator:
         if session is None:
             return _error(404, "not_found", "Session not found")
         self._expire(session)
-        return JSONResponse({"session": session.payload(), "routes": []})
+        sandbox = self.sandboxes.get(session.sandbox)
+        return JSONResponse({"session": session.payload(), "routes": sandbox.routes() if sandbox else []})
 
     async def stop_session(self, request: Request) -> Response:
         session = self.sessions.get(request.path_params["sid"])
