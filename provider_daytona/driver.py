@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import math
 import shlex
@@ -35,8 +36,7 @@ from daytona import (
     SessionExecuteRequest,
 )
 from daytona.common.errors import SOURCE_DAEMON
-from daytona_api_client_async import Sandbox as SandboxDto
-from daytona_api_client_async import SandboxListItem, SandboxState
+from daytona_api_client_async import SandboxState
 
 from provider_daytona.errors import map_daytona_error
 from provider_daytona.settings import DaytonaSettings
@@ -53,6 +53,8 @@ RESERVED_NAME_ATTEMPTS = 50
 READ_ATTEMPTS = 3
 # Daytona has no host or bridge networking to choose; "none" blocks all network access.
 NETWORK_MODES = ("", "host", "bridge", "none")
+# The header a private sandbox's preview URLs want its preview token in (AsyncSandbox.get_preview_link).
+PREVIEW_TOKEN_HEADER = "X-Daytona-Preview-Token"  # noqa: S105  (a header name, not a secret)
 # Daemon error codes (daytona/common/errors.py CODE_TO_ERROR) that mean the remote refused the push.
 PUSH_REFUSED = ("GIT_PUSH_REJECTED", "GIT_REMOTE_REJECTED", "GIT_AUTH_FAILED")
 
@@ -164,8 +166,19 @@ class DaytonaDriver(Driver):
     def _labels(self, new: NewSandbox) -> dict[str, str]:
         return records.encode(new, self._settings.daytona_owner)
 
-    def _record(self, dto: SandboxDto | SandboxListItem | AsyncSandbox) -> SandboxRecord:
-        return records.decode(dto.id, dict(dto.labels or {}), _state(dto.state))
+    async def _record(self, sandbox: AsyncSandbox) -> SandboxRecord:
+        record = records.decode(sandbox.id, dict(sandbox.labels or {}), _state(sandbox.state))
+        if not record.spec.ports:
+            return record
+        # Daytona serves every port at a preview URL; a private sandbox's also needs its preview token.
+
+        async def endpoint(port: int) -> sandbox_pb2.Endpoint:
+            link = await self._call(f"sandbox {sandbox.id}", lambda: sandbox.get_preview_link(port), read=True)
+            headers = {PREVIEW_TOKEN_HEADER: link.token} if link.token else {}
+            return sandbox_pb2.Endpoint(port=port, url=link.url, headers=headers)
+
+        endpoints = await asyncio.gather(*(endpoint(port) for port in record.spec.ports))
+        return dataclasses.replace(record, endpoints=list(endpoints))
 
     def _params(self, new: NewSandbox, name: str) -> CreateSandboxFromImageParams | CreateSandboxFromSnapshotParams:
         spec = new.spec
@@ -216,7 +229,7 @@ class DaytonaDriver(Driver):
                 raise
             # The same request_id was used before: hand back that sandbox (the kit compares request hashes).
             return await self._get_reserved(name)
-        return self._record(sandbox)
+        return await self._record(sandbox)
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a sandbox whose name another request has taken; it may still be starting."""
@@ -238,7 +251,7 @@ class DaytonaDriver(Driver):
         return sandbox
 
     async def get(self, native_id: str) -> SandboxRecord:
-        return self._record(await self._sandbox(native_id))
+        return await self._record(await self._sandbox(native_id))
 
     async def _managed(self, labels: dict[str, str]) -> list[AsyncSandbox]:
         query = ListSandboxesQuery(labels={records.OWNER_KEY: self._settings.daytona_owner, **labels}, limit=100)
@@ -250,8 +263,8 @@ class DaytonaDriver(Driver):
 
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
         wanted = {records.TENANT_KEY: tenant, **{f"{records.USER_LABEL}{k}": v for k, v in labels.items()}}
-        found = sorted((self._record(s) for s in await self._managed(wanted)), key=lambda r: r.native_id)
-        return [r for r in found if r.native_id > after][:limit]
+        found = sorted(await self._managed(wanted), key=lambda s: s.id)
+        return list(await asyncio.gather(*(self._record(s) for s in [s for s in found if s.id > after][:limit])))
 
     async def delete(self, native_id: str) -> None:
         try:

@@ -128,7 +128,11 @@ class DockerDriver(Driver):
         host = self._settings.docker_endpoint_host
         if record.spec.network_mode == "host":
             published = {port: port for port in record.spec.ports}
-        endpoints = {port: f"http://{host}:{published[port]}" for port in record.spec.ports if port in published}
+        endpoints = [
+            sandbox_pb2.Endpoint(port=port, url=f"http://{host}:{published[port]}")
+            for port in record.spec.ports
+            if port in published
+        ]
         return dataclasses.replace(record, endpoints=endpoints)
 
     async def create(self, new: NewSandbox) -> SandboxRecord:

@@ -14,6 +14,7 @@ argv as argv (no shell string), and has no overall deadline (timeout_ms=None), s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import math
 import uuid
@@ -25,7 +26,7 @@ from typing import TypeVar
 import grpc
 from e2b import AsyncSandbox, SandboxQuery
 from e2b.api.client_async import get_envd_api
-from e2b.connection_config import KEEPALIVE_PING_HEADER, KEEPALIVE_PING_INTERVAL_SEC, ApiParams
+from e2b.connection_config import KEEPALIVE_PING_HEADER, KEEPALIVE_PING_INTERVAL_SEC, ApiParams, ConnectionConfig
 from e2b.envd.api import acheck_sandbox_health
 from e2b.envd.client_async import as_stream, create_rpc_client
 from e2b.envd.process import process_connect, process_pb
@@ -63,6 +64,7 @@ class E2BDriver(Driver):
             retries=settings.e2b_retries,
             http_version=settings.e2b_http_version,
         )
+        self._config = ConnectionConfig(**self._opts)
         self._connected: OrderedDict[str, tuple[AsyncSandbox, process_connect.ProcessClient]] = OrderedDict()
 
     async def _call(self, subject: str, call: Awaitable[T]) -> T:
@@ -99,9 +101,18 @@ class E2BDriver(Driver):
     def _metadata(self, new: NewSandbox) -> dict[str, str]:
         return records.encode(new, self._settings.e2b_owner)
 
-    def _record(self, native_id: str, metadata: dict[str, str], running: bool) -> SandboxRecord:
+    def _record(self, native_id: str, metadata: dict[str, str], running: bool, domain: str | None) -> SandboxRecord:
         state = sandbox_pb2.Sandbox.STATE_RUNNING if running else sandbox_pb2.Sandbox.STATE_STOPPED
-        return records.decode(native_id, metadata, state)
+        record = records.decode(native_id, metadata, state)
+        # E2B serves every port of a sandbox at a host of its own (the SDK's get_host); nothing to declare.
+        scheme = "http" if self._config.debug else "https"
+        endpoints = [
+            sandbox_pb2.Endpoint(
+                port=port, url=f"{scheme}://{self._config.get_host(native_id, domain or self._config.domain, port)}"
+            )
+            for port in record.spec.ports
+        ]
+        return dataclasses.replace(record, endpoints=endpoints)
 
     async def create(self, new: NewSandbox) -> SandboxRecord:
         if new.request_id:
@@ -138,13 +149,13 @@ class E2BDriver(Driver):
         if new.request_id:
             # The idempotency key may have handed back a sandbox that a concurrent request created.
             return await self.get(sandbox.sandbox_id)
-        return self._record(sandbox.sandbox_id, metadata, True)
+        return self._record(sandbox.sandbox_id, metadata, True, sandbox.sandbox_domain)
 
     async def get(self, native_id: str) -> SandboxRecord:
         info = await self._call(f"sandbox {native_id}", AsyncSandbox.get_info(native_id, **self._opts))
         if info.metadata.get(records.OWNER_KEY) != self._settings.e2b_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
-        return self._record(info.sandbox_id, info.metadata, info.state.value == "running")
+        return self._record(info.sandbox_id, info.metadata, info.state.value == "running", info.sandbox_domain)
 
     async def _list(self, metadata: dict[str, str]) -> list[SandboxRecord]:
         query = SandboxQuery(metadata={records.OWNER_KEY: self._settings.e2b_owner, **metadata})
@@ -152,7 +163,9 @@ class E2BDriver(Driver):
         found: list[SandboxRecord] = []
         while pages.has_next:
             for info in await self._call("sandboxes", pages.next_items()):
-                found.append(self._record(info.sandbox_id, info.metadata, info.state.value == "running"))
+                found.append(
+                    self._record(info.sandbox_id, info.metadata, info.state.value == "running", info.sandbox_domain)
+                )
         return found
 
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:

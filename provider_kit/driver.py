@@ -42,8 +42,8 @@ class SandboxRecord:
     create_time: datetime
     expire_time: datetime
     metadata: dict[str, str] = field(default_factory=dict)
-    #: port -> URL for each of spec.ports, as the provider reports it now.
-    endpoints: dict[int, str] = field(default_factory=dict)
+    #: Where each of spec.ports is reachable, as the provider reports it now.
+    endpoints: list[sandbox_pb2.Endpoint] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

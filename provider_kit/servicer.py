@@ -50,7 +50,7 @@ def to_proto(provider: str, record: SandboxRecord) -> sandbox_pb2.Sandbox:
         create_time=timestamp(record.create_time),
         expire_time=timestamp(record.expire_time),
         request_id=record.request_id,
-        endpoints=[sandbox_pb2.Endpoint(port=port, url=url) for port, url in sorted(record.endpoints.items())],
+        endpoints=sorted(record.endpoints, key=lambda e: e.port),
     )
 
 

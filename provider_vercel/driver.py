@@ -238,6 +238,12 @@ class VercelDriver(Driver):
             create_time=records.from_epoch(str(record.get("c", ""))),
             expire_time=records.from_epoch(tags.get(TAG_EXPIRE, "")),
             metadata=dict(record.get("m") or {}),
+            # Vercel routes each port declared at creation (query results carry no routes: see list_sandboxes).
+            endpoints=[
+                sandbox_pb2.Endpoint(port=route.port, url=route.url)
+                for route in sandbox.routes
+                if route.port in spec.ports and not route.system
+            ],
         )
 
     def _name(self, new: NewSandbox) -> str:
@@ -265,6 +271,7 @@ class VercelDriver(Driver):
                     resources=SandboxResources(vcpus=spec.milli_cpus // 1000, memory=spec.memory_bytes // 2**20),
                     execution_time_limit=timedelta(seconds=session_seconds),
                     network_policy=NetworkPolicy.deny_all() if spec.network_mode == "none" else None,
+                    ports=list(spec.ports) or None,
                     env=dict(spec.env) or None,
                     tags=self._tags(new),
                 ),
@@ -312,7 +319,20 @@ class VercelDriver(Driver):
         ]
         matching = [r for r in mine if all(r.labels.get(k) == v for k, v in labels.items())]
         matching.sort(key=lambda r: r.native_id)
-        return matching[:limit]
+        page = matching[:limit]
+        # Query results leave routes out: read the sandboxes that serve ports one by one, at once.
+        served = dict(await asyncio.gather(*(self._reread(r.native_id) for r in page if r.spec.ports)))
+        reread = [served.get(r.native_id, r) for r in page]
+        return [r for r in reread if r is not None]
+
+    async def _reread(self, native_id: str) -> tuple[str, SandboxRecord | None]:
+        """The sandbox as get() reads it, or None if it was destroyed meanwhile."""
+        try:
+            return native_id, await self.get(native_id)
+        except ApiError as err:
+            if err.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            return native_id, None
 
     async def delete(self, native_id: str) -> None:
         try:

@@ -210,6 +210,7 @@ def create(
     provider: Annotated[str, typer.Option()] = "docker",
     image: Annotated[str, typer.Option()] = "",
     network: Annotated[str, typer.Option()] = "",
+    port: Annotated[list[int], typer.Option(help="a port to reach from outside; repeatable")] = [],  # noqa: B006
     label: Annotated[list[str], typer.Option(help="KEY=VALUE; repeatable")] = [],  # noqa: B006
     request_id: Annotated[str, typer.Option(help="idempotency key")] = "",
     address: Address = "",
@@ -219,7 +220,7 @@ def create(
     """Create a sandbox (optionally with a repository, following its setup) and print its name."""
     request = pb.CreateSandboxRequest(
         provider=provider, request_id=request_id, labels=parse_pairs(label, "--label"),
-        spec=pb.SandboxSpec(image=image, network_mode=network),
+        spec=pb.SandboxSpec(image=image, network_mode=network, ports=port),
         repository=repository(repo, base_ref, branch, depth, install_deps, git_token_env) if repo else None,
     )  # fmt: skip
 
@@ -227,6 +228,11 @@ def create(
         with connection(address, token, False) as (stub, metadata):
             sandbox = await stub.CreateSandbox(request, metadata=metadata)
             print(to_json(sandbox) if as_json else sandbox.name, flush=True)
+            if not as_json:
+                for endpoint in sandbox.endpoints:
+                    # Header values are credentials: named here, shown only in --json output.
+                    needs = f" (send header {', '.join(sorted(endpoint.headers))})" if endpoint.headers else ""
+                    err_console.print(f"port {endpoint.port}: {endpoint.url}{needs}", highlight=False)
             if sandbox.workspace.setup_execution:
                 attach = pb.AttachExecutionRequest(name=sandbox.workspace.setup_execution)
                 return await stream_output(stub.AttachExecution(attach, metadata=metadata), as_json)

@@ -14,8 +14,9 @@ from google.protobuf import duration_pb2
 from orchestrator.local_stack import LocalStack
 from provider_kit.errors import error_info
 from sandbox.v1 import sandbox_pb2 as pb
+from tests import endpoints
 from tests.client import Client, Collected, expect_error
-from tests.emulators.daytona.emulator import DaytonaEmulator, Fault
+from tests.emulators.daytona.emulator import DOMAIN, DaytonaEmulator, Fault
 from tests.git_server import GitServer
 from tests.harness import ProviderHarness
 
@@ -294,5 +295,21 @@ async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Clie
         )
         emulator.clear_faults()
         assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"old"]
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_a_port_of_a_private_sandbox_comes_with_its_preview_token(
+    rpc: Client, emulator: DaytonaEmulator, daytona: ProviderHarness
+) -> None:
+    created = await endpoints.create_with_ports(rpc, [4321])
+    try:
+        native = _native(created.name)
+        [endpoint] = created.endpoints
+        assert endpoint.url == f"https://4321-{native}.{DOMAIN}"
+        assert dict(endpoint.headers)["X-Daytona-Preview-Token"]
+        # Without the token the edge refuses; with it, the request reaches the port (where nothing listens yet).
+        assert (await endpoints.get(daytona, endpoint, "/", {}, attempts=1))[0] == 401
+        assert (await endpoints.get(daytona, endpoint, "/", dict(endpoint.headers), attempts=1))[0] == 502
     finally:
         await rpc.delete(created.name)

@@ -13,8 +13,9 @@ from google.protobuf import duration_pb2
 
 from orchestrator.local_stack import LocalStack
 from sandbox.v1 import sandbox_pb2 as pb
+from tests import endpoints
 from tests.client import Client, Collected, expect_error
-from tests.emulators.e2b.emulator import E2BEmulator
+from tests.emulators.e2b.emulator import DOMAIN, E2BEmulator
 from tests.emulators.e2b.harness import E2BHarness
 from tests.harness import ProviderHarness
 
@@ -265,5 +266,18 @@ async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Clie
         )
         emulator.clear_faults()
         assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"old"]
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_a_port_is_served_at_the_host_the_sdk_names(rpc: Client, emulator: E2BEmulator) -> None:
+    # E2B exposes every port without declaring it: the platform reports the SDK's own host for each of spec.ports.
+    created = await endpoints.create_with_ports(rpc, [5173, 3000])
+    try:
+        native = created.name.rsplit("/", 1)[1]
+        assert [(e.port, e.url, dict(e.headers)) for e in created.endpoints] == [
+            (3000, f"https://3000-{native}.{DOMAIN}", {}),
+            (5173, f"https://5173-{native}.{DOMAIN}", {}),
+        ]
     finally:
         await rpc.delete(created.name)

@@ -13,9 +13,10 @@ from google.protobuf import duration_pb2
 
 from orchestrator.local_stack import LocalStack
 from sandbox.v1 import sandbox_pb2 as pb
+from tests import endpoints
 from tests.client import Client, expect_error
 from tests.emulators.vercel.harness import VercelHarness
-from tests.emulators.vercel.server import Emulator
+from tests.emulators.vercel.server import DOMAIN, Emulator
 from tests.harness import HARNESSES, ProviderHarness
 
 pytestmark = pytest.mark.skipif("vercel" not in HARNESSES, reason="the Vercel harness is not available")
@@ -284,5 +285,18 @@ async def test_failed_upload_is_retried_then_reported_and_leaves_the_file_as_it_
         )
         emulator.clear_faults()
         assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"new after a retry"]
+    finally:
+        await rpc.delete(created.name)
+
+
+async def test_ports_are_declared_at_creation_and_read_from_the_routes(rpc: Client, emulator: Emulator) -> None:
+    created = await endpoints.create_with_ports(rpc, [5173, 3000])
+    try:
+        native = created.name.rsplit("/", 1)[1]
+        assert emulator.sandboxes[native].ports == [5173, 3000]
+        assert [(e.port, e.url) for e in created.endpoints] == [
+            (3000, f"https://3000-{native}.{DOMAIN}"),
+            (5173, f"https://5173-{native}.{DOMAIN}"),
+        ]
     finally:
         await rpc.delete(created.name)

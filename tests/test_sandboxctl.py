@@ -114,3 +114,18 @@ def test_local_starts_its_own_stack() -> None:
     result = sandboxctl(None, "providers", "--local")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "docker\tready\n"
+
+
+async def test_create_with_ports_shows_their_urls(stack: LocalStack, client: Client) -> None:
+    created = sandboxctl(stack, "create", "--network", "host", "--port", "8731", "--port", "8732")
+    assert created.returncode == 0, created.stderr
+    sandbox = created.stdout.strip()
+    try:
+        assert sandbox.startswith("providers/docker/sandboxes/")
+        assert "port 8731: http://127.0.0.1:8731\nport 8732: http://127.0.0.1:8732\n" in created.stderr
+        assert [e.url for e in (await client.get(sandbox)).endpoints] == [
+            "http://127.0.0.1:8731",
+            "http://127.0.0.1:8732",
+        ]
+    finally:
+        await client.delete(sandbox)
