@@ -16,14 +16,9 @@ from daytona import (
     DaytonaTimeoutError,
 )
 
-from provider_kit.errors import (
-    ApiError,
-    failed_precondition,
-    invalid_argument,
-    not_found,
-    resource_exhausted,
-    unavailable,
-)
+from provider_kit.errors import ApiError, Backend, failed_precondition, not_found
+
+DAYTONA = Backend("Daytona")
 
 
 def map_daytona_error(exc: BaseException, subject: str) -> ApiError | None:
@@ -34,23 +29,21 @@ def map_daytona_error(exc: BaseException, subject: str) -> ApiError | None:
     if isinstance(exc, DaytonaNotFoundError):
         return not_found("SANDBOX_NOT_FOUND", f"{subject} does not exist")
     if isinstance(exc, DaytonaAuthenticationError | DaytonaForbiddenError):
-        # The operator's Daytona key, not the client's credential: UNAUTHENTICATED would tell the client to
-        # fix its own token.
-        return failed_precondition("PROVIDER_AUTH_FAILED", "Daytona refused this provider's API key")
+        return DAYTONA.auth_failed()
     if isinstance(exc, DaytonaRateLimitError):
-        return resource_exhausted("DAYTONA_RATE_LIMITED", "Daytona is rate limiting requests; back off and retry")
+        return DAYTONA.rate_limited()
     if isinstance(exc, DaytonaConflictError):
         return failed_precondition("SANDBOX_CONFLICT", f"{subject} is busy or in the wrong state; retry later")
     if isinstance(exc, DaytonaTimeoutError | DaytonaConnectionError):
-        return unavailable("DAYTONA_UNAVAILABLE", "Daytona did not answer in time; retry later")
+        return DAYTONA.unavailable("did not answer in time")
     if isinstance(exc, DaytonaBadRequestError):
-        return invalid_argument("DAYTONA_REJECTED", f"Daytona rejected the request for {subject}")
+        return DAYTONA.rejected(subject)
     if isinstance(exc, DaytonaError):
         status = exc.status_code
         if status is not None and 400 <= status < 500:
-            return invalid_argument("DAYTONA_REJECTED", f"Daytona rejected the request for {subject}")
+            return DAYTONA.by_status(status, subject)
         # 5xx, and transport failures that the SDK surfaces as a plain DaytonaError without a status.
-        return unavailable("DAYTONA_UNAVAILABLE", "Daytona is not reachable or failed; retry later")
+        return DAYTONA.unavailable()
     if isinstance(exc, aiohttp.ClientError | OSError | TimeoutError):
-        return unavailable("DAYTONA_UNAVAILABLE", "Daytona is not reachable; retry later")
+        return DAYTONA.unavailable("is not reachable")
     return None

@@ -5,14 +5,9 @@ from __future__ import annotations
 import docker.errors
 import requests
 
-from provider_kit.errors import (
-    ApiError,
-    failed_precondition,
-    invalid_argument,
-    not_found,
-    resource_exhausted,
-    unavailable,
-)
+from provider_kit.errors import ApiError, Backend, not_found
+
+ENGINE = Backend("the Docker engine")
 
 
 def map_docker_error(exc: BaseException, subject: str) -> ApiError | None:
@@ -23,14 +18,7 @@ def map_docker_error(exc: BaseException, subject: str) -> ApiError | None:
     if isinstance(exc, docker.errors.NotFound):
         return not_found("SANDBOX_NOT_FOUND", f"{subject} does not exist")
     if isinstance(exc, docker.errors.APIError) and exc.status_code is not None:
-        status = exc.status_code
-        if status == 409:
-            return failed_precondition("SANDBOX_CONFLICT", f"{subject} is busy or not running; retry later")
-        if status == 429:
-            return resource_exhausted("DOCKER_RATE_LIMITED", "the Docker engine is overloaded; back off and retry")
-        if 400 <= status < 500:
-            return invalid_argument("DOCKER_REJECTED", f"the Docker engine rejected the request for {subject}")
-        return unavailable("DOCKER_UNAVAILABLE", "the Docker engine failed; retry later")
+        return ENGINE.by_status(exc.status_code, subject)
     if isinstance(exc, requests.exceptions.RequestException | docker.errors.DockerException | OSError):
-        return unavailable("DOCKER_UNAVAILABLE", "the Docker engine is not reachable; retry later")
+        return ENGINE.unavailable()
     return None

@@ -25,41 +25,15 @@ from e2b.exceptions import (
 )
 from pyqwest import ReadError, StreamError, WriteError
 
-from provider_kit.errors import (
-    ApiError,
-    failed_precondition,
-    invalid_argument,
-    not_found,
-    resource_exhausted,
-    unavailable,
-)
+from provider_kit.errors import ApiError, Backend, failed_precondition, not_found, resource_exhausted
 
-_RATE_LIMITED = "E2B is rate limiting this deployment; back off and retry"
-
-
-def _unavailable() -> ApiError:
-    return unavailable("PROVIDER_UNAVAILABLE", "E2B is not reachable or failed; retry later")
+E2B = Backend("E2B")
 
 
 def _by_status(status: int, subject: str) -> ApiError:
-    if status == 401 or status == 403:
-        return _auth_failed()
-    if status == 404:
-        return not_found("SANDBOX_NOT_FOUND", f"{subject} does not exist")
-    if status == 409:
-        return failed_precondition("SANDBOX_CONFLICT", f"{subject} is busy or not running; retry later")
-    if status == 429:
-        return resource_exhausted("PROVIDER_RATE_LIMITED", _RATE_LIMITED)
     if status == 507:
         return resource_exhausted("SANDBOX_DISK_FULL", f"{subject} has no space left")
-    if 400 <= status < 500:
-        return invalid_argument("PROVIDER_REJECTED", f"E2B rejected the request for {subject}")
-    return _unavailable()
-
-
-def _auth_failed() -> ApiError:
-    # The operator's E2B key was refused: the client's own credential is fine (that would be UNAUTHENTICATED).
-    return failed_precondition("PROVIDER_AUTH_FAILED", "the platform's E2B API key was rejected; tell the operator")
+    return E2B.by_status(status, subject)
 
 
 _CONNECT_CODES = {
@@ -79,29 +53,29 @@ def map_e2b_error(exc: BaseException, subject: str) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, AuthenticationException):
-        return _auth_failed()
+        return E2B.auth_failed()
     if isinstance(exc, RateLimitException):
-        return resource_exhausted("PROVIDER_RATE_LIMITED", _RATE_LIMITED)
+        return E2B.rate_limited()
     if isinstance(exc, ServiceBusyException):
-        return _unavailable()
+        return E2B.unavailable()
     # A sandbox that is gone: the API's 404, or the edge's "was not found" for its envd.
     if isinstance(exc, NotFoundException | SandboxNotRunningException):
         return not_found("SANDBOX_NOT_FOUND", f"{subject} does not exist")
     if isinstance(exc, NotEnoughSpaceException):
         return resource_exhausted("SANDBOX_DISK_FULL", f"{subject} has no space left")
     if isinstance(exc, InvalidArgumentException):
-        return invalid_argument("PROVIDER_REJECTED", f"E2B rejected the request for {subject}")
+        return E2B.rejected(subject)
     if isinstance(exc, TemplateException):
         return failed_precondition("TEMPLATE_UNSUPPORTED", f"the template of {subject} is too old for this SDK")
     # SandboxUnreachableException and other TimeoutExceptions: the sandbox may be fine; try again.
     if isinstance(exc, TimeoutException):
-        return _unavailable()
+        return E2B.unavailable()
     if isinstance(exc, SandboxException):
-        return _by_status(exc.status_code, subject) if exc.status_code else _unavailable()
+        return _by_status(exc.status_code, subject) if exc.status_code else E2B.unavailable()
     if isinstance(exc, ConnectError):
         status = _CONNECT_CODES.get(exc.code)
-        return _by_status(status, subject) if status else _unavailable()
+        return _by_status(status, subject) if status else E2B.unavailable()
     # Transport failures: connection refused or reset, a stream cut mid-way, client-side timeouts.
     if isinstance(exc, httpx.TransportError | OSError | ReadError | WriteError | StreamError):
-        return _unavailable()
+        return E2B.unavailable()
     return None

@@ -58,6 +58,45 @@ deadline_exceeded = _factory(grpc.StatusCode.DEADLINE_EXCEEDED)
 internal = _factory(grpc.StatusCode.INTERNAL)
 
 
+class Backend:
+    """The errors every provider reports alike about its backend (the Docker engine, E2B, Daytona, Vercel): one
+    reason per kind of failure whatever the provider, so clients in any language match one set; the message
+    names the backend for the people reading it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def auth_failed(self) -> ApiError:
+        # The operator's credential for the backend, not the client's own: UNAUTHENTICATED would tell the
+        # client to fix its token.
+        return failed_precondition(
+            "PROVIDER_AUTH_FAILED", f"{self.name} rejected this provider's credentials; the operator must fix them"
+        )
+
+    def rate_limited(self) -> ApiError:
+        return resource_exhausted("PROVIDER_RATE_LIMITED", f"{self.name} is rate limiting this provider; back off")
+
+    def rejected(self, subject: str) -> ApiError:
+        return invalid_argument("PROVIDER_REJECTED", f"{self.name} rejected the request for {subject}")
+
+    def unavailable(self, what: str = "is not reachable or failed") -> ApiError:
+        return unavailable("PROVIDER_UNAVAILABLE", f"{self.name} {what}; retry later")
+
+    def by_status(self, status: int, subject: str) -> ApiError:
+        """The error for an HTTP status the backend answered about subject."""
+        if status in (401, 403):
+            return self.auth_failed()
+        if status == 404:
+            return not_found("SANDBOX_NOT_FOUND", f"{subject} does not exist")
+        if status == 409:
+            return failed_precondition("SANDBOX_CONFLICT", f"{subject} is busy or in another state; retry later")
+        if status == 429:
+            return self.rate_limited()
+        if 400 <= status < 500:
+            return self.rejected(subject)
+        return self.unavailable("failed")
+
+
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
     """The ErrorInfo detail of a failed call, if the server sent one."""
     status = rpc_status.from_call(error)

@@ -13,24 +13,11 @@ from vercel.sandbox import (
     SandboxTimeoutError,
 )
 
-from provider_kit.errors import (
-    ApiError,
-    failed_precondition,
-    invalid_argument,
-    not_found,
-    resource_exhausted,
-    unavailable,
-)
+from provider_kit.errors import ApiError, Backend, failed_precondition, unavailable
 
+VERCEL = Backend("Vercel")
 # In-band stream codes (vercel/sandbox/_internal/recovery.py) that mean the sandbox is no longer running.
 _STOPPED_CODES = {"sandbox_stopped", "sandbox_stopping"}
-
-
-def provider_auth_failed() -> ApiError:
-    # Not UNAUTHENTICATED: that would tell the client its own credential is wrong.
-    return failed_precondition(
-        "PROVIDER_AUTH_FAILED", "Vercel rejected this provider's credentials; the operator must fix them"
-    )
 
 
 def map_vercel_error(exc: BaseException, subject: str) -> ApiError | None:
@@ -39,22 +26,11 @@ def map_vercel_error(exc: BaseException, subject: str) -> ApiError | None:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, SandboxApiError):
-        status = exc.status_code
-        if status in (401, 403):
-            return provider_auth_failed()
-        if status == 404:
-            return not_found("SANDBOX_NOT_FOUND", f"{subject} does not exist")
-        if status == 410 or exc.code in _STOPPED_CODES:
+        if exc.status_code == 410 or exc.code in _STOPPED_CODES:
             return failed_precondition("SANDBOX_NOT_RUNNING", f"{subject} is stopped")
-        if status == 429:
-            return resource_exhausted("VERCEL_RATE_LIMITED", "Vercel is rate limiting this provider; back off")
-        if status == 409:
-            return failed_precondition("SANDBOX_CONFLICT", f"{subject} is busy or in another state; retry later")
-        if 400 <= status < 500:
-            return invalid_argument("VERCEL_REJECTED", f"Vercel rejected the request for {subject}")
-        return unavailable("VERCEL_UNAVAILABLE", "Vercel failed; retry later")
+        return VERCEL.by_status(exc.status_code, subject)
     if isinstance(exc, SandboxCredentialsError):
-        return provider_auth_failed()
+        return VERCEL.auth_failed()
     if isinstance(exc, SandboxStreamError):
         if exc.code in _STOPPED_CODES:
             return failed_precondition("SANDBOX_NOT_RUNNING", f"{subject} stopped")
@@ -62,7 +38,7 @@ def map_vercel_error(exc: BaseException, subject: str) -> ApiError | None:
     if isinstance(exc, SandboxTerminalStateError):
         return unavailable("SANDBOX_FAILED", f"{subject} failed to start; retry")
     if isinstance(exc, SandboxTimeoutError | SandboxResponseError | SandboxError):
-        return unavailable("VERCEL_UNAVAILABLE", "Vercel answered unexpectedly; retry later")
+        return VERCEL.unavailable("answered unexpectedly")
     if isinstance(exc, httpx2.HTTPError | OSError):
-        return unavailable("VERCEL_UNAVAILABLE", "Vercel is not reachable; retry later")
+        return VERCEL.unavailable("is not reachable")
     return None

@@ -7,6 +7,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from orchestrator.local_stack import LocalStack, ServerProcess
 from provider_kit.errors import error_info
 from provider_kit.server import SERVICE_NAME
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client, Collected
+from tests.client import Client, Collected, expect_error
 
 
 # Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
@@ -60,6 +61,23 @@ def test_reflection_lists_the_service(stack: LocalStack) -> None:
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert SERVICE_NAME in services
         assert "grpc.health.v1.Health" in services
+
+
+async def test_docker_engine_down_is_unavailable_with_the_same_reason(make_stack: Callable[..., LocalStack]) -> None:
+    # A loopback port nobody listens on stands for an engine that is down; the provider still starts.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    stack = make_stack(DOCKER_HOST=f"tcp://127.0.0.1:{closed}")
+    client = Client(stack.address, stack.client_token)
+    try:
+        err = await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+        assert err.details() == "the Docker engine is not reachable or failed; retry later"
+        view = await client.stub.ListProviders(pb.ListProvidersRequest(), metadata=client.metadata)
+        assert [(p.name, p.ready) for p in view.providers] == [("docker", False)]
+    finally:
+        await client.close()
+        stack.stop()
 
 
 async def test_provider_down_is_unavailable(make_stack: Callable[..., LocalStack]) -> None:

@@ -78,18 +78,18 @@ async def test_persistent_5xx_is_unavailable(rpc: Client, emulator: DaytonaEmula
     created = await rpc.create()
     try:
         emulator.inject(Fault(SANDBOX_PATH, status=502, times=-1))
-        await expect_error(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(rpc.get(created.name), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
         emulator.clear_faults()
         # Creation is not idempotent without a request id, so a failed create is never retried blindly.
         emulator.inject(Fault(CREATE_PATH, status=500, times=1))
-        await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     finally:
         await rpc.delete(created.name)
 
 
 async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: DaytonaEmulator) -> None:
     fault = emulator.inject(Fault(CREATE_PATH, status=429, times=1))
-    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "DAYTONA_RATE_LIMITED")
+    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
     assert fault.hits == 1
 
 
@@ -110,9 +110,9 @@ async def test_unreachable_api_is_unavailable(make_stack: Callable[..., LocalSta
     stack = make_stack(daytona, DAYTONA_API_URL="http://127.0.0.1:9/api")
     client = daytona.client(stack.address, stack.client_token)
     try:
-        await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE")
+        await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
         await expect_error(
-            client.get("providers/daytona/sandboxes/abc"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE"
+            client.get("providers/daytona/sandboxes/abc"), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"
         )
     finally:
         await client.close()
@@ -291,7 +291,7 @@ async def test_failed_upload_is_reported_and_leaves_the_file_as_it_was(rpc: Clie
         await rpc.write_file(created.name, "/tmp/kept", b"old")
         emulator.inject(Fault(r"POST /toolbox/.*/files/bulk-upload$", status=500, times=-1))
         await expect_error(
-            rpc.write_file(created.name, "/tmp/kept", b"new"), grpc.StatusCode.UNAVAILABLE, "DAYTONA_UNAVAILABLE"
+            rpc.write_file(created.name, "/tmp/kept", b"new"), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE"
         )
         emulator.clear_faults()
         assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"old"]

@@ -56,12 +56,12 @@ async def rpc(vercel: VercelHarness, fault_stack: LocalStack) -> AsyncIterator[C
 
 async def test_server_errors_on_create_are_unavailable(rpc: Client, emulator: Emulator) -> None:
     emulator.inject(method="POST", path="^/v3/sandboxes$", status=503)
-    await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "VERCEL_UNAVAILABLE")  # and no traceback
+    await expect_error(rpc.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")  # and no traceback
 
 
 async def test_rate_limit_is_resource_exhausted(rpc: Client, emulator: Emulator) -> None:
     emulator.inject(method="POST", path="^/v3/sandboxes$", status=429)
-    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "VERCEL_RATE_LIMITED")
+    await expect_error(rpc.create(), grpc.StatusCode.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
 
 
 async def test_transient_errors_on_reads_are_retried(rpc: Client, emulator: Emulator) -> None:
@@ -145,7 +145,7 @@ async def test_unreachable_api_is_unavailable(vercel: VercelHarness, make_stack:
     stack = make_stack(vercel, SANDBOX_VERCEL_API_URL=f"http://127.0.0.1:{port}/")
     c = vercel.client(stack.address, stack.client_token)
     try:
-        await expect_error(c.create(), grpc.StatusCode.UNAVAILABLE, "VERCEL_UNAVAILABLE")
+        await expect_error(c.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     finally:
         await c.close()
 
@@ -281,7 +281,7 @@ async def test_failed_upload_is_retried_then_reported_and_leaves_the_file_as_it_
         await expect_error(
             rpc.write_file(created.name, "/tmp/kept", b"never written"),
             grpc.StatusCode.UNAVAILABLE,
-            "VERCEL_UNAVAILABLE",
+            "PROVIDER_UNAVAILABLE",
         )
         emulator.clear_faults()
         assert [c.data for c in await rpc.read_file(created.name, "/tmp/kept")] == [b"new after a retry"]
