@@ -30,19 +30,20 @@ STAGING_PREFIX = "/tmp/.sandbox-upload-"
 _MISSING, _NOT_A_FILE, _IS_A_DIRECTORY, _BAD_PARENT = 66, 67, 68, 69
 
 # staged: the uploaded file, or "-" for the bytes on stdin.
-_PLACE = r"""
+_PLACE = rf"""
 staged=$1 path=$2 mode=$3
 tmp=$(dirname -- "$path")/.$(basename -- "$path").writing-$$
 trap 'rm -f -- "$tmp"; [ "$staged" = - ] || rm -f -- "$staged"' EXIT
-[ -d "$path" ] && exit 68
-mkdir -p -- "$(dirname -- "$path")" 2>/dev/null || exit 69
-if [ "$staged" = - ]; then cat > "$tmp" 2>/dev/null || exit 69; else cp -- "$staged" "$tmp" 2>/dev/null || exit 69; fi
+[ -d "$path" ] && exit {_IS_A_DIRECTORY}
+mkdir -p -- "$(dirname -- "$path")" 2>/dev/null || exit {_BAD_PARENT}
+if [ "$staged" = - ]; then cat > "$tmp" 2>/dev/null || exit {_BAD_PARENT}; \
+else cp -- "$staged" "$tmp" 2>/dev/null || exit {_BAD_PARENT}; fi
 chmod "$mode" "$tmp" && mv -fT -- "$tmp" "$path" && stat -c %s -- "$path"
 """
 
-_READ = r"""
-[ -e "$1" ] || exit 66
-[ -f "$1" ] || exit 67
+_READ = rf"""
+[ -e "$1" ] || exit {_MISSING}
+[ -f "$1" ] || exit {_NOT_A_FILE}
 exec cat -- "$1"
 """
 
