@@ -7,7 +7,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,18 +27,11 @@ from orchestrator.local_stack import LocalStack, ServerProcess
 from provider_kit.errors import error_info
 from provider_kit.server import SERVICE_NAME
 from sandbox.v1 import sandbox_pb2 as pb
+from tests import docker_only
 from tests.client import Client, Collected, expect_error
 
-
-# Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
-@pytest.fixture
-def stack(docker_stack: LocalStack) -> LocalStack:
-    return docker_stack
-
-
-@pytest.fixture
-def client(docker_rpc: Client) -> Client:
-    return docker_rpc
+# These tests run once, on Docker, not on every provider.
+stack, client = docker_only.stack, docker_only.client
 
 
 async def _health(address: str, service: str) -> int:
@@ -61,23 +53,6 @@ def test_reflection_lists_the_service(stack: LocalStack) -> None:
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert SERVICE_NAME in services
         assert "grpc.health.v1.Health" in services
-
-
-async def test_docker_engine_down_is_unavailable_with_the_same_reason(make_stack: Callable[..., LocalStack]) -> None:
-    # A loopback port nobody listens on stands for an engine that is down; the provider still starts.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    stack = make_stack(DOCKER_HOST=f"tcp://127.0.0.1:{closed}")
-    client = Client(stack.address, stack.client_token)
-    try:
-        err = await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
-        assert err.details() == "the Docker engine is not reachable or failed; retry later"
-        view = await client.stub.ListProviders(pb.ListProvidersRequest(), metadata=client.metadata)
-        assert [(p.name, p.ready) for p in view.providers] == [("docker", False)]
-    finally:
-        await client.close()
-        stack.stop()
 
 
 async def test_provider_down_is_unavailable(make_stack: Callable[..., LocalStack]) -> None:
@@ -103,10 +78,9 @@ async def test_engine_down_is_unavailable_and_not_ready(make_stack: Callable[...
         assert await _health(stack.provider_processes[0].address, SERVICE_NAME) == (
             health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.create()
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "no-engine.sock" not in (err.value.details() or "")  # no internals in messages
+        # The same reason as every other provider's backend, and no internals (the socket path) in the message.
+        err = await expect_error(client.create(), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+        assert err.details() == "the Docker engine is not reachable or failed; retry later"
     finally:
         await client.close()
 
