@@ -13,22 +13,14 @@ import pytest
 
 from orchestrator.local_stack import LocalStack
 from sandbox.v1 import sandbox_pb2 as pb
+from tests import docker_only
 from tests.client import Client, Collected
 from tests.fake_model import MCP_SERVER_SOURCE, FakeModel, Script
 from tests.git_server import GitServer
 from tests.test_coding import collect_task, repo
 
-
-# Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
-@pytest.fixture
-def stack(docker_stack: LocalStack) -> LocalStack:
-    return docker_stack
-
-
-@pytest.fixture
-def client(docker_rpc: Client) -> Client:
-    return docker_rpc
-
+# These tests run once, on Docker, not on every provider.
+stack, client = docker_only.stack, docker_only.client
 
 # Quotes, backticks, $(...), a newline and non-ASCII: it must reach the model byte for byte and run nothing.
 INSTRUCTION = (

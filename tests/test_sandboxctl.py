@@ -9,22 +9,13 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 from orchestrator.local_stack import LocalStack
+from tests import docker_only
 from tests.client import Client
 from tests.git_server import GitServer
 
-
-# Docker-only: these tests cover the kit's operations, the CLI and the agent image once, on Docker.
-@pytest.fixture
-def stack(docker_stack: LocalStack) -> LocalStack:
-    return docker_stack
-
-
-@pytest.fixture
-def client(docker_rpc: Client) -> Client:
-    return docker_rpc
+# These tests run once, on Docker, not on every provider.
+stack, client = docker_only.stack, docker_only.client
 
 
 def sandboxctl(
