@@ -229,7 +229,13 @@ class DaytonaDriver(Driver):
                 raise
             # The same request_id was used before: hand back that sandbox (the kit compares request hashes).
             return await self._get_reserved(name)
-        return await self._record(sandbox)
+        try:
+            return await self._record(sandbox)
+        except BaseException:
+            # Its preview links could not be read: the caller sees a failed create, so leave no sandbox.
+            with contextlib.suppress(ApiError):
+                await self.delete(sandbox.id)
+            raise
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a sandbox whose name another request has taken; it may still be starting."""

@@ -182,13 +182,13 @@ class DockerDriver(Driver):
             return existing
         try:
             await self._call(subject, self._api.start, name)
+            if spec.ports and spec.network_mode != "host":
+                return await self.get(name)  # the engine picked the published ports
         except BaseException:
             # Never leave a created-but-unusable container behind.
             with contextlib.suppress(Exception):
                 await self._call(subject, self._api.remove_container, name, force=True, v=True)
             raise
-        if spec.ports and spec.network_mode != "host":
-            return await self.get(name)  # the engine picked the published ports
         return self._record(name, records.encode(new, self._settings.docker_owner), "running", {})
 
     async def _get_reserved(self, name: str) -> SandboxRecord:

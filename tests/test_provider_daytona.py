@@ -313,3 +313,10 @@ async def test_a_port_of_a_private_sandbox_comes_with_its_preview_token(
         assert (await endpoints.get(daytona, endpoint, "/", dict(endpoint.headers), attempts=1))[0] == 502
     finally:
         await rpc.delete(created.name)
+
+
+async def test_create_whose_preview_links_fail_leaves_no_sandbox(rpc: Client, emulator: DaytonaEmulator) -> None:
+    fault = emulator.inject(Fault(r"^GET /api/sandbox/[^/]+/ports/\d+/preview-url$", status=500, times=-1))
+    await expect_error(endpoints.create_with_ports(rpc, [4321]), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
+    assert fault.hits >= 1
+    # no_sandbox_left checks that the sandbox made before the failure was deleted.
