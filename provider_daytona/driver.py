@@ -42,7 +42,7 @@ from provider_daytona.errors import map_daytona_error
 from provider_daytona.settings import DaytonaSettings
 from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
-from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
+from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable, unless_gone
 from provider_kit.workspace import Setup
 from sandbox.v1 import sandbox_pb2
 
@@ -270,7 +270,10 @@ class DaytonaDriver(Driver):
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
         wanted = {records.TENANT_KEY: tenant, **{f"{records.USER_LABEL}{k}": v for k, v in labels.items()}}
         found = sorted(await self._managed(wanted), key=lambda s: s.id)
-        return list(await asyncio.gather(*(self._record(s) for s in [s for s in found if s.id > after][:limit])))
+        page = [s for s in found if s.id > after][:limit]
+        # Reading preview links may find a sandbox deleted since it was listed: leave it out.
+        listed = await asyncio.gather(*(unless_gone(self._record(s)) for s in page))
+        return [r for r in listed if r is not None]
 
     async def delete(self, native_id: str) -> None:
         try:

@@ -44,7 +44,7 @@ from vercel.sandbox import (
 
 from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
-from provider_kit.errors import ApiError, invalid_argument, not_found, unavailable
+from provider_kit.errors import ApiError, invalid_argument, not_found, unavailable, unless_gone
 from provider_vercel.errors import map_vercel_error
 from provider_vercel.settings import VercelSettings
 from sandbox.v1 import sandbox_pb2
@@ -320,19 +320,10 @@ class VercelDriver(Driver):
         matching = [r for r in mine if all(r.labels.get(k) == v for k, v in labels.items())]
         matching.sort(key=lambda r: r.native_id)
         page = matching[:limit]
-        # Query results leave routes out: read the sandboxes that serve ports one by one, at once.
-        served = dict(await asyncio.gather(*(self._reread(r.native_id) for r in page if r.spec.ports)))
-        reread = [served.get(r.native_id, r) for r in page]
-        return [r for r in reread if r is not None]
-
-    async def _reread(self, native_id: str) -> tuple[str, SandboxRecord | None]:
-        """The sandbox as get() reads it, or None if it was destroyed meanwhile."""
-        try:
-            return native_id, await self.get(native_id)
-        except ApiError as err:
-            if err.code != grpc.StatusCode.NOT_FOUND:
-                raise
-            return native_id, None
+        # Query results leave routes out: read the sandboxes that serve ports again, at once.
+        fresh = iter(await asyncio.gather(*(unless_gone(self.get(r.native_id)) for r in page if r.spec.ports)))
+        listed = [next(fresh) if r.spec.ports else r for r in page]
+        return [r for r in listed if r is not None]
 
     async def delete(self, native_id: str) -> None:
         try:

@@ -300,3 +300,16 @@ async def test_ports_are_declared_at_creation_and_read_from_the_routes(rpc: Clie
         ]
     finally:
         await rpc.delete(created.name)
+
+
+async def test_a_sandbox_gone_while_listing_is_left_out(rpc: Client, emulator: Emulator) -> None:
+    created = await endpoints.create_with_ports(rpc, [3000], labels={"listing": "race"})
+    try:
+        request = pb.ListSandboxesRequest(parent="providers/vercel", labels={"listing": "race"})
+        # Destroyed between the query and the read of its routes (the read answers 404 once).
+        emulator.inject(method="GET", path=f"^/v2/sandboxes/{created.name.rsplit('/', 1)[1]}$", status=404)
+        assert list((await rpc.stub.ListSandboxes(request, metadata=rpc.metadata)).sandboxes) == []
+        [listed] = (await rpc.stub.ListSandboxes(request, metadata=rpc.metadata)).sandboxes
+        assert listed.endpoints == created.endpoints
+    finally:
+        await rpc.delete(created.name)
