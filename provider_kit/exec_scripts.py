@@ -11,9 +11,12 @@ can re-attach to it and nothing depends on the stream that started it:
   {id}.rc               the command's own exit code, written only if it exited by itself
   {id}.cancel           marker left by CancelExecution
   {id}.status           the outcome, written last: "exited N", "timed_out", "cancelled" or "killed N"
+  {id}.follow-{tag}     pids of one follower (its shell and tails) while it follows
 
 Following uses `tail --pid` in polling mode (inotify start-up costs ~6 ms per tail); a short initial wait
-lets quick commands finish before any tail starts, so they never pay a polling interval.
+lets quick commands finish before any tail starts, so they never pay a polling interval. A follower whose
+reader went away keeps running (a provider's exec or process API does not end it when its stream closes), so
+the kit stops it by its tag.
 """
 
 BASE_DIR = "/tmp/.sandbox-executions"
@@ -36,7 +39,7 @@ fin "killed $code"
 """
 
 SCRIPT = r"""
-mode=$1 b=$2 id=$3; shift 3
+mode=$1 b=$2 id=$3 tag=$4; shift 4
 d=$b/$id
 
 follow() {
@@ -45,9 +48,12 @@ follow() {
     [ -s "$d.out" ] && tail -c +$(($1 + 1)) "$d.out"
     [ -s "$d.err" ] && tail -c +$(($2 + 1)) "$d.err" >&2
   else
-    tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($1 + 1)) -f "$d.out" &
-    tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($2 + 1)) -f "$d.err" >&2 &
+    tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($1 + 1)) -f "$d.out" & t1=$!
+    tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($2 + 1)) -f "$d.err" >&2 & t2=$!
+    # Who to stop if nobody reads any more (mode stop): a closed exec stream does not end these.
+    [ -n "$tag" ] && echo "$$ $t1 $t2" > "$d.follow-$tag"
     wait
+    [ -n "$tag" ] && rm -f "$d.follow-$tag"
   fi
   s=; read -r s < "$d.status" 2>/dev/null
   case $s in "exited "*) exit "${s#exited }";; esac
@@ -86,6 +92,13 @@ attach)
   follow "$1" "$2" "$p" ;;
 probe)
   probe ;;
+stop)
+  # The follower may not have started its tails yet; one that finds the execution ended stops by itself.
+  n=0
+  while [ ! -e "$d.follow-$tag" ] && [ ! -e "$d.status" ] && [ $n -lt 20 ]; do sleep 0.05; n=$((n + 1)); done
+  read -r pids < "$d.follow-$tag" 2>/dev/null && kill $pids 2>/dev/null
+  rm -f "$d.follow-$tag"
+  exit 0 ;;
 cancel)
   if [ ! -e "$d.status" ]; then
     : > "$d.cancel"
@@ -98,17 +111,18 @@ esac
 """
 
 
-def command(mode: str, execution_id: str, *args: str) -> list[str]:
-    """The argv that runs SCRIPT in the given mode for one execution."""
-    return ["bash", "-c", SCRIPT, "sandbox-exec", mode, BASE_DIR, execution_id, *args]
+def command(mode: str, execution_id: str, *args: str, tag: str = "") -> list[str]:
+    """The argv that runs SCRIPT in the given mode for one execution. tag names one follower (modes start and
+    attach), so that mode stop with the same tag can end it."""
+    return ["bash", "-c", SCRIPT, "sandbox-exec", mode, BASE_DIR, execution_id, tag, *args]
 
 
 def start_command(
-    execution_id: str, timeout_s: float, working_dir: str, argv: list[str], *, detached: bool = False
+    execution_id: str, timeout_s: float, working_dir: str, argv: list[str], *, detached: bool = False, tag: str = ""
 ) -> list[str]:
     """Starts argv as an execution; follows it unless detached (then returns once it is running)."""
     mode = "spawn" if detached else "start"
-    return command(mode, execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, *argv)
+    return command(mode, execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, *argv, tag=tag)
 
 
 # Filters a stream line by line, replacing the values of the environment variables named in

@@ -7,6 +7,9 @@ re-attaches with the sums of the bytes it received gets the rest, with nothing l
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -20,6 +23,8 @@ from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.streams import closing, with_keepalive
 from provider_kit.telemetry import EXECUTION_OUTCOMES
 from sandbox.v1 import sandbox_pb2
+
+log = logging.getLogger(__name__)
 
 Execution = sandbox_pb2.Execution
 ExecutionEvent = sandbox_pb2.ExecutionEvent
@@ -72,6 +77,7 @@ class Executions:
     def __init__(self, driver: Driver, keepalive_seconds: float) -> None:
         self._driver = driver
         self._keepalive = keepalive_seconds
+        self._stopping: set[asyncio.Task[None]] = set()  # follower stops under way (kept from collection)
 
     async def start(
         self,
@@ -93,8 +99,9 @@ class Executions:
             started=Execution(name=str(name), state=Execution.STATE_RUNNING, start_time=timestamp(start_time))
         )
         argv, env = _with_redaction(argv, env, secret_env)
-        command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv)
-        async for event in self._follow(name, command, 0, 0, start_time, env):
+        tag = secrets.token_hex(8)
+        command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv, tag=tag)
+        async for event in self._follow(name, command, tag, 0, 0, start_time, env):
             yield event
 
     async def spawn(
@@ -118,8 +125,9 @@ class Executions:
         self, name: ExecutionName, stdout_offset: int, stderr_offset: int
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
         """Replays output from the given offsets, then follows live until the execution ends."""
-        command = exec_scripts.command("attach", name.execution_id, str(stdout_offset), str(stderr_offset))
-        async for event in self._follow(name, command, stdout_offset, stderr_offset, None):
+        tag = secrets.token_hex(8)
+        command = exec_scripts.command("attach", name.execution_id, str(stdout_offset), str(stderr_offset), tag=tag)
+        async for event in self._follow(name, command, tag, stdout_offset, stderr_offset, None):
             yield event
 
     async def get(self, name: ExecutionName) -> sandbox_pb2.Execution:
@@ -133,26 +141,34 @@ class Executions:
         self,
         name: ExecutionName,
         command: list[str],
+        tag: str,
         stdout_offset: int,
         stderr_offset: int,
         start_time: datetime | None,
         env: dict[str, str] | None = None,
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
+        """Runs the follower `command` (tagged `tag`) and turns what it prints into events."""
         offsets = {1: stdout_offset, 2: stderr_offset}
         process = self._driver.stream(name.sandbox.native_id, command, env)
         # Closed explicitly (also when the client goes away), so the provider's connection is released at once.
         exit_code: int | None = None
-        async with closing(with_keepalive(process, self._keepalive)) as events:
-            async for item in events:
-                if item is None:
-                    yield ExecutionEvent(keepalive=sandbox_pb2.Keepalive(time=timestamp(datetime.now(UTC))))
-                elif isinstance(item, Output):
-                    chunk = sandbox_pb2.OutputChunk(stream=_STREAMS[item.fd], offset=offsets[item.fd], data=item.data)
-                    offsets[item.fd] += len(item.data)
-                    yield ExecutionEvent(output=chunk)
-                else:
-                    exit_code = item.code
-                    break
+        try:
+            async with closing(with_keepalive(process, self._keepalive)) as events:
+                async for item in events:
+                    if item is None:
+                        yield ExecutionEvent(keepalive=sandbox_pb2.Keepalive(time=timestamp(datetime.now(UTC))))
+                    elif isinstance(item, Output):
+                        chunk = sandbox_pb2.OutputChunk(
+                            stream=_STREAMS[item.fd], offset=offsets[item.fd], data=item.data
+                        )
+                        offsets[item.fd] += len(item.data)
+                        yield ExecutionEvent(output=chunk)
+                    else:
+                        exit_code = item.code
+                        break
+        finally:
+            if exit_code is None:
+                self._stop_follower(name, tag)
         if exit_code is None:
             raise unavailable("STREAM_INTERRUPTED", f"the stream of {name} ended early; re-attach with AttachExecution")
         if exit_code == 0 and start_time is not None:
@@ -174,6 +190,22 @@ class Executions:
                 )
         EXECUTION_OUTCOMES.add(1, {"state": Execution.State.Name(finished.state)})
         yield ExecutionEvent(finished=finished)
+
+    def _stop_follower(self, name: ExecutionName, tag: str) -> None:
+        """Ends a follower nobody reads any more (the client went away, its deadline passed, the stream broke):
+        it would otherwise run until the execution ends, hours for an agent. In the background: the caller is
+        usually being cancelled, and the execution itself is not touched."""
+
+        async def stop() -> None:
+            command = exec_scripts.command("stop", name.execution_id, tag=tag)
+            try:
+                await self._driver.run(name.sandbox.native_id, command)
+            except Exception as exc:  # the sandbox may be gone; nothing else to do
+                log.info("could not stop a follower of %s: %s", name, exc)
+
+        task = asyncio.create_task(stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     async def _probe(self, name: ExecutionName, mode: str) -> sandbox_pb2.Execution:
         result = await self._driver.run(name.sandbox.native_id, exec_scripts.command(mode, name.execution_id))

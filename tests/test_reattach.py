@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 
@@ -93,3 +94,43 @@ async def test_attach_replays_from_any_offset(client: Client, sandbox: str) -> N
     await client.attach(done.name, replay)
     assert (bytes(replay.stdout), bytes(replay.stderr)) == (b"abcdefghij", b"0123456789")
     assert replay.finished is not None and replay.finished.state == pb.Execution.STATE_SUCCEEDED
+
+
+# Prints the processes that follow execution argv[1] (the follower shell and its tails), not this probe.
+FOLLOWERS = r"""
+import os, sys
+execution = sys.argv[1].encode()
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    follower = argv[4:5] in ([b"start"], [b"attach"]) and argv[6:7] == [execution]
+    tail = argv[:1] == [b"tail"] and any(b"/" + execution + b"." in a for a in argv)
+    if follower or tail:
+        print(pid, argv[0].decode())
+"""
+
+
+async def test_a_client_that_goes_away_leaves_the_command_running_and_no_follower(client: Client, sandbox: str) -> None:
+    name = ""
+    request = pb.RunCommandRequest(sandbox=sandbox, argv=["sh", "-c", "sleep 8; echo done"])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for event in client.stub.RunCommand(request, metadata=client.metadata, timeout=1.5):
+            name = name or event.started.name
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Within moments nothing follows the command any more: a closed stream alone does not end a follower.
+    for _ in range(30):
+        left = await client.run(sandbox, ["python3", "-c", FOLLOWERS, name.rsplit("/", 1)[1]])
+        if not bytes(left.stdout):
+            break
+        await asyncio.sleep(0.1)
+    assert bytes(left.stdout) == b""
+    # The command itself goes on, and a re-attach gets all of it.
+    running = await client.stub.GetExecution(pb.GetExecutionRequest(name=name), metadata=client.metadata)
+    assert running.state == pb.Execution.STATE_RUNNING
+    collected = Collected()
+    async for event in client.attach_stream(name, collected):
+        collected.add(event)
+    assert bytes(collected.stdout) == b"done\n"
+    assert collected.finished is not None and collected.finished.exit_code == 0
