@@ -334,7 +334,8 @@ class DockerDriver(Driver):
             yield Exit(code if code is not None else 255)
         finally:
             stop.set()
-            # Unblocks the reader thread; closing the exec connection makes the engine end the follower.
+            # Unblocks the reader thread and releases the connection. The process keeps running (the engine does
+            # not end an exec whose stream closed): the kit stops an abandoned follower itself.
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
