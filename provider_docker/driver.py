@@ -11,7 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import io
+import posixpath
 import socket
+import tarfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -54,6 +57,9 @@ class DockerDriver(Driver):
             **docker.utils.kwargs_from_env(),
         )
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker")
+        # Ending stdin half-closes the exec's connection, which TLS (an engine at https://) cannot do: an
+        # SSLSocket drops TLS on shutdown. Such engines get WriteFile's bytes through the archive API instead.
+        self.accepts_stdin = not str(self._api.base_url).startswith("https://")
         self._negotiated = settings.docker_api_version != "auto"
 
     def _negotiate(self) -> None:
@@ -258,7 +264,15 @@ class DockerDriver(Driver):
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
-    accepts_stdin = True
+    async def upload(self, native_id: str, path: str, content: bytes) -> None:
+        archive = io.BytesIO()
+        with tarfile.open(fileobj=archive, mode="w") as tar:
+            member = tarfile.TarInfo(posixpath.basename(path))
+            member.size, member.mode = len(content), 0o600
+            tar.addfile(member, io.BytesIO(content))
+        await self._call(
+            f"sandbox {native_id}", self._api.put_archive, native_id, posixpath.dirname(path), archive.getvalue()
+        )
 
     async def run_with_stdin(self, native_id: str, argv: list[str], stdin: bytes) -> ProcessResult:
         def send(raw: socket.socket) -> None:

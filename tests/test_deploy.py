@@ -46,7 +46,7 @@ from orchestrator.settings import parse_providers
 from provider_kit.auth import parse_tenant_tokens
 from provider_kit.server import SERVICE_NAME
 from sandbox.v1 import sandbox_pb2 as pb
-from tests.client import Client, Collected
+from tests.client import Client, Collected, expect_error
 from tests.conftest import BASE_IMAGE, OWNER_LABEL
 from tests.harness import HARNESSES, ProviderHarness
 
@@ -1207,10 +1207,17 @@ async def test_provider_drives_a_remote_engine_over_tls(
             created = await client.create()
             try:
                 result = await client.run(created.name, ["sh", "-c", "seq 1 3; echo done >&2"])
+                # WriteFile cannot half-close a TLS connection to end stdin: it takes the archive API there.
+                content = os.urandom(3 << 20)
+                written = await client.write_file(created.name, "/tmp/tls/data.bin", content)
+                read_back = b"".join(c.data for c in await client.read_file(created.name, "/tmp/tls/data.bin"))
+                over_a_directory = client.write_file(created.name, "/tmp/tls", b"x")
+                await expect_error(over_a_directory, grpc.StatusCode.FAILED_PRECONDITION, "PATH_IS_A_DIRECTORY")
             finally:
                 await client.delete(created.name)
         finally:
             await client.close()
+        assert (written.size, read_back) == (len(content), content)
         assert bytes(result.stdout) == b"1\n2\n3\n" and bytes(result.stderr) == b"done\n"
         assert result.finished is not None and result.finished.state == pb.Execution.STATE_SUCCEEDED
         # Every engine call went through TLS with the provider's client certificate.
