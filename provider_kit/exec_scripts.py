@@ -12,6 +12,7 @@ can re-attach to it and nothing depends on the stream that started it:
   {id}.cancel           marker left by CancelExecution
   {id}.status           the outcome, written last: "exited N", "timed_out", "cancelled" or "killed N"
   {id}.follow-{tag}     pids of one follower (its shell and tails) while it follows
+  {id}.stop-{tag}       marker left by a stop that came before that follower started following
 
 Following uses `tail --pid` in polling mode (inotify start-up costs ~6 ms per tail); a short initial wait
 lets quick commands finish before any tail starts, so they never pay a polling interval. A follower whose
@@ -50,8 +51,12 @@ follow() {
   else
     tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($1 + 1)) -f "$d.out" & t1=$!
     tail ---disable-inotify -s 0.05 --pid="$3" -c +$(($2 + 1)) -f "$d.err" >&2 & t2=$!
-    # Who to stop if nobody reads any more (mode stop): a closed exec stream does not end these.
-    [ -n "$tag" ] && echo "$$ $t1 $t2" > "$d.follow-$tag"
+    # Who to stop if nobody reads any more (mode stop): a closed exec stream does not end these. A stop that
+    # came first left its marker: then stop now.
+    if [ -n "$tag" ]; then
+      echo "$$ $t1 $t2" > "$d.follow-$tag"
+      if [ -e "$d.stop-$tag" ]; then kill "$t1" "$t2" 2>/dev/null; rm -f "$d.follow-$tag" "$d.stop-$tag"; exit 255; fi
+    fi
     wait
     [ -n "$tag" ] && rm -f "$d.follow-$tag"
   fi
@@ -70,7 +75,7 @@ probe() {
   exit 0
 }
 
-case $mode in start|spawn) ;; *) [ -e "$d.out" ] || exit 254 ;; esac
+case $mode in start|spawn|stop) ;; *) [ -e "$d.out" ] || exit 254 ;; esac
 case $mode in
 start|spawn)
   t=$1 w=$2 r=$3; shift 3
@@ -93,11 +98,14 @@ attach)
 probe)
   probe ;;
 stop)
-  # The follower may not have started its tails yet; one that finds the execution ended stops by itself.
-  n=0
-  while [ ! -e "$d.follow-$tag" ] && [ ! -e "$d.status" ] && [ $n -lt 20 ]; do sleep 0.05; n=$((n + 1)); done
-  read -r pids < "$d.follow-$tag" 2>/dev/null && kill $pids 2>/dev/null
-  rm -f "$d.follow-$tag"
+  [ -n "$tag" ] && [ -d "$b" ] || exit 0
+  # The marker first: a follower that has not started its tails yet sees it and stops by itself.
+  : > "$d.stop-$tag"
+  pids=; read -r pids < "$d.follow-$tag" 2>/dev/null
+  # Only pids (the directory is writable by every user of the sandbox).
+  case $pids in *[!0-9\ ]*|"") ;; *) kill $pids 2>/dev/null; rm -f "$d.follow-$tag" "$d.stop-$tag" ;; esac
+  # An execution that has ended needs no marker: its followers end by themselves.
+  [ -e "$d.status" ] && rm -f "$d.stop-$tag"
   exit 0 ;;
 cancel)
   if [ ! -e "$d.status" ]; then

@@ -14,17 +14,20 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from provider_kit import exec_scripts
 from provider_kit.driver import Driver, Output
-from provider_kit.errors import not_found, unavailable
+from provider_kit.errors import ApiError, not_found, unavailable
 from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.streams import closing, with_keepalive
 from provider_kit.telemetry import EXECUTION_OUTCOMES
 from sandbox.v1 import sandbox_pb2
 
 log = logging.getLogger(__name__)
+# How long a stopping replica waits for the follower stops it started.
+STOP_GRACE_SECONDS = 10.0
 
 Execution = sandbox_pb2.Execution
 ExecutionEvent = sandbox_pb2.ExecutionEvent
@@ -152,6 +155,7 @@ class Executions:
         process = self._driver.stream(name.sandbox.native_id, command, env)
         # Closed explicitly (also when the client goes away), so the provider's connection is released at once.
         exit_code: int | None = None
+        sandbox_gone = False
         try:
             async with closing(with_keepalive(process, self._keepalive)) as events:
                 async for item in events:
@@ -166,8 +170,11 @@ class Executions:
                     else:
                         exit_code = item.code
                         break
+        except ApiError as err:
+            sandbox_gone = err.code == grpc.StatusCode.NOT_FOUND
+            raise
         finally:
-            if exit_code is None:
+            if exit_code is None and not sandbox_gone:
                 self._stop_follower(name, tag)
         if exit_code is None:
             raise unavailable("STREAM_INTERRUPTED", f"the stream of {name} ended early; re-attach with AttachExecution")
@@ -190,6 +197,11 @@ class Executions:
                 )
         EXECUTION_OUTCOMES.add(1, {"state": Execution.State.Name(finished.state)})
         yield ExecutionEvent(finished=finished)
+
+    async def close(self, timeout_s: float = STOP_GRACE_SECONDS) -> None:
+        """Waits (at most timeout_s) for the follower stops under way, so a draining replica leaves none behind."""
+        if self._stopping:
+            await asyncio.wait(set(self._stopping), timeout=timeout_s)
 
     def _stop_follower(self, name: ExecutionName, tag: str) -> None:
         """Ends a follower nobody reads any more (the client went away, its deadline passed, the stream broke):

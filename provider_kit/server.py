@@ -144,7 +144,7 @@ async def serve_provider(driver: Driver, settings: ProviderSettings) -> None:
         add_services=lambda server: sandbox_pb2_grpc.add_SandboxProviderServicer_to_server(servicer, server),
         ready=driver.ready,
         background=reap_forever,
-        on_stop=driver.close,
+        on_stop=servicer.close,
     )
 
 

@@ -64,6 +64,11 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._coding = Coding(driver, self._executions, settings)
         self._tasks = Tasks(driver, self._executions, self._coding)
 
+    async def close(self) -> None:
+        """After the drain: lets cleanups under way finish, then releases the driver."""
+        await self._executions.close()
+        await self._driver.close()
+
     def _tenant(self, context: Context) -> str:
         return provider_caller_tenant(context, self._tokens)
 

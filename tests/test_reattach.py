@@ -113,19 +113,31 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 
 
 async def test_a_client_that_goes_away_leaves_the_command_running_and_no_follower(client: Client, sandbox: str) -> None:
+    async def followers(execution: str) -> bytes:
+        probe = await client.run(sandbox, ["python3", "-c", FOLLOWERS, execution])
+        assert probe.finished is not None and probe.finished.exit_code == 0, bytes(probe.stderr)
+        return bytes(probe.stdout)
+
     name = ""
     request = pb.RunCommandRequest(sandbox=sandbox, argv=["sh", "-c", "sleep 8; echo done"])
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for event in client.stub.RunCommand(request, metadata=client.metadata, timeout=1.5):
-            name = name or event.started.name
+        async for event in client.stub.RunCommand(request, metadata=client.metadata, timeout=2.5):
+            if not name:
+                name = event.started.name
+                # While the client reads, the probe sees the follower (so its silence later means something).
+                for _ in range(20):
+                    if await followers(name.rsplit("/", 1)[1]):
+                        break
+                else:
+                    raise AssertionError("the probe never saw the follower")
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # Within moments nothing follows the command any more: a closed stream alone does not end a follower.
     for _ in range(30):
-        left = await client.run(sandbox, ["python3", "-c", FOLLOWERS, name.rsplit("/", 1)[1]])
-        if not bytes(left.stdout):
+        left = await followers(name.rsplit("/", 1)[1])
+        if not left:
             break
         await asyncio.sleep(0.1)
-    assert bytes(left.stdout) == b""
+    assert left == b""
     # The command itself goes on, and a re-attach gets all of it.
     running = await client.stub.GetExecution(pb.GetExecutionRequest(name=name), metadata=client.metadata)
     assert running.state == pb.Execution.STATE_RUNNING
