@@ -42,7 +42,8 @@ from provider_daytona.errors import map_daytona_error
 from provider_daytona.settings import DaytonaSettings
 from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
-from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable, unless_gone
+from provider_kit.errors import ApiError, failed_precondition, invalid_argument, not_found, unavailable
+from provider_kit.listing import first_present, unless_gone
 from provider_kit.workspace import Setup
 from sandbox.v1 import sandbox_pb2
 
@@ -168,7 +169,8 @@ class DaytonaDriver(Driver):
 
     async def _record(self, sandbox: AsyncSandbox) -> SandboxRecord:
         record = records.decode(sandbox.id, dict(sandbox.labels or {}), _state(sandbox.state))
-        if not record.spec.ports:
+        # A sandbox that is not running serves nothing (and Daytona may refuse its links).
+        if not record.spec.ports or record.state != sandbox_pb2.Sandbox.STATE_RUNNING:
             return record
         # Daytona serves every port at a preview URL; a private sandbox's also needs its preview token.
 
@@ -232,9 +234,11 @@ class DaytonaDriver(Driver):
         try:
             return await self._record(sandbox)
         except BaseException:
-            # Its preview links could not be read: the caller sees a failed create, so leave no sandbox.
-            with contextlib.suppress(ApiError):
-                await self.delete(sandbox.id)
+            # Its preview links could not be read: the caller sees a failed create, so leave no sandbox that
+            # nobody could find. With a request_id a retry finds it (and a concurrent caller may hold it).
+            if not new.request_id:
+                with contextlib.suppress(ApiError):
+                    await self.delete(sandbox.id)
             raise
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
@@ -270,10 +274,8 @@ class DaytonaDriver(Driver):
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:
         wanted = {records.TENANT_KEY: tenant, **{f"{records.USER_LABEL}{k}": v for k, v in labels.items()}}
         found = sorted(await self._managed(wanted), key=lambda s: s.id)
-        page = [s for s in found if s.id > after][:limit]
-        # Reading preview links may find a sandbox deleted since it was listed: leave it out.
-        listed = await asyncio.gather(*(unless_gone(self._record(s)) for s in page))
-        return [r for r in listed if r is not None]
+        # Reading preview links may find a sandbox deleted since it was listed: it is left out.
+        return await first_present([s for s in found if s.id > after], lambda s: unless_gone(self._record(s)), limit)
 
     async def delete(self, native_id: str) -> None:
         try:

@@ -18,7 +18,6 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "sandbox.platform"
-T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -96,17 +95,6 @@ class Backend:
         if 400 <= status < 500:
             return self.rejected(subject)
         return self.unavailable("failed")
-
-
-async def unless_gone(call: Awaitable[T]) -> T | None:
-    """The call's result, or None when what it reads no longer exists (NOT_FOUND): a sandbox deleted between
-    being listed and being read is left out of the list, not an error."""
-    try:
-        return await call
-    except ApiError as err:
-        if err.code != grpc.StatusCode.NOT_FOUND:
-            raise
-        return None
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:

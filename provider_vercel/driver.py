@@ -44,7 +44,8 @@ from vercel.sandbox import (
 
 from provider_kit import records
 from provider_kit.driver import Driver, Exit, NewSandbox, Output, SandboxRecord
-from provider_kit.errors import ApiError, invalid_argument, not_found, unavailable, unless_gone
+from provider_kit.errors import ApiError, invalid_argument, not_found, unavailable
+from provider_kit.listing import first_present, unless_gone
 from provider_vercel.errors import map_vercel_error
 from provider_vercel.settings import VercelSettings
 from sandbox.v1 import sandbox_pb2
@@ -319,11 +320,12 @@ class VercelDriver(Driver):
         ]
         matching = [r for r in mine if all(r.labels.get(k) == v for k, v in labels.items())]
         matching.sort(key=lambda r: r.native_id)
-        page = matching[:limit]
-        # Query results leave routes out: read the sandboxes that serve ports again, at once.
-        fresh = iter(await asyncio.gather(*(unless_gone(self.get(r.native_id)) for r in page if r.spec.ports)))
-        listed = [next(fresh) if r.spec.ports else r for r in page]
-        return [r for r in listed if r is not None]
+
+        async def with_routes(record: SandboxRecord) -> SandboxRecord | None:
+            # Query results leave routes out: a sandbox that serves ports is read again.
+            return await unless_gone(self.get(record.native_id)) if record.spec.ports else record
+
+        return await first_present(matching, with_routes, limit)
 
     async def delete(self, native_id: str) -> None:
         try:

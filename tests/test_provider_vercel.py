@@ -302,14 +302,21 @@ async def test_ports_are_declared_at_creation_and_read_from_the_routes(rpc: Clie
         await rpc.delete(created.name)
 
 
-async def test_a_sandbox_gone_while_listing_is_left_out(rpc: Client, emulator: Emulator) -> None:
-    created = await endpoints.create_with_ports(rpc, [3000], labels={"listing": "race"})
+async def test_a_sandbox_gone_while_listing_is_left_out_and_the_page_stays_full(
+    rpc: Client, emulator: Emulator
+) -> None:
+    created = [await endpoints.create_with_ports(rpc, [3000], labels={"listing": "race"}) for _ in range(4)]
+    names = sorted(c.name for c in created)
     try:
-        request = pb.ListSandboxesRequest(parent="providers/vercel", labels={"listing": "race"})
-        # Destroyed between the query and the read of its routes (the read answers 404 once).
-        emulator.inject(method="GET", path=f"^/v2/sandboxes/{created.name.rsplit('/', 1)[1]}$", status=404)
-        assert list((await rpc.stub.ListSandboxes(request, metadata=rpc.metadata)).sandboxes) == []
-        [listed] = (await rpc.stub.ListSandboxes(request, metadata=rpc.metadata)).sandboxes
-        assert listed.endpoints == created.endpoints
+        request = pb.ListSandboxesRequest(parent="providers/vercel", labels={"listing": "race"}, page_size=2)
+        # The first is destroyed between the query and the read of its routes (that read answers 404 once).
+        emulator.inject(method="GET", path=f"^/v2/sandboxes/{names[0].rsplit('/', 1)[1]}$", status=404)
+        first = await rpc.stub.ListSandboxes(request, metadata=rpc.metadata)
+        assert [s.name for s in first.sandboxes] == names[1:3] and first.next_page_token
+        request.page_token = first.next_page_token
+        second = await rpc.stub.ListSandboxes(request, metadata=rpc.metadata)
+        assert [s.name for s in second.sandboxes] == names[3:] and not second.next_page_token
+        assert all(len(s.endpoints) == 1 for s in [*first.sandboxes, *second.sandboxes])
     finally:
-        await rpc.delete(created.name)
+        for sandbox in created:
+            await rpc.delete(sandbox.name)
