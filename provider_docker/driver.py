@@ -131,8 +131,8 @@ class DockerDriver(Driver):
         """published: the engine's host port for each container port (bridge mode)."""
         states = {"running": sandbox_pb2.Sandbox.STATE_RUNNING, "created": sandbox_pb2.Sandbox.STATE_STARTING}
         record = records.decode(name.lstrip("/"), labels, states.get(state, sandbox_pb2.Sandbox.STATE_STOPPED))
-        host = self._settings.docker_endpoint_host
-        host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+        host = self._settings.endpoint_host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address in a URL
         if record.spec.network_mode == "host":
             published = {port: port for port in record.spec.ports}
         endpoints = [

@@ -24,10 +24,11 @@ class DockerSettings(ProviderSettings):
     docker_network_modes: str = "bridge,none,host"
     # Host paths a request may mount read-only, comma-separated (e.g. /etc/ssl/certs/ca-certificates.crt).
     docker_allowed_mounts: str = ""
-    # Where clients reach the sandboxes' spec.ports: the host in endpoint URLs, and the engine host's address
-    # that bridge-mode ports are published on (0.0.0.0 for every interface).
-    docker_endpoint_host: str = "127.0.0.1"
+    # Where clients reach the sandboxes' spec.ports: the engine host's address that bridge-mode ports are
+    # published on (0.0.0.0 for every interface), and the host in endpoint URLs (by default the publish
+    # address, or 127.0.0.1 when that is every interface).
     docker_publish_ip: str = "127.0.0.1"
+    docker_endpoint_host: str = ""
     # Names this deployment in container labels; the reaper only deletes containers with its own owner.
     docker_owner: str = "sandbox-platform"
 
@@ -38,3 +39,8 @@ class DockerSettings(ProviderSettings):
     @property
     def allowed_mounts(self) -> set[str]:
         return set(split_list(self.docker_allowed_mounts))
+
+    @property
+    def endpoint_host(self) -> str:
+        wildcard = self.docker_publish_ip in ("0.0.0.0", "::", "")
+        return self.docker_endpoint_host or ("127.0.0.1" if wildcard else self.docker_publish_ip)

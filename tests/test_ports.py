@@ -76,16 +76,17 @@ async def test_bridge_mode_publishes_each_port_on_loopback(
     make_stack: Callable[..., LocalStack], harnesses: Callable[[str], ProviderHarness]
 ) -> None:
     # A bridge sandbox has a network namespace of its own; the test only connects into it, through the port
-    # the engine publishes on 127.0.0.1, and the server there only answers.
+    # the engine publishes on a loopback address, and the server there only answers. Endpoint URLs name the
+    # publish address unless told otherwise.
     docker = harnesses("docker")
-    stack = make_stack(docker, SANDBOX_DOCKER_NETWORK_MODES="bridge")
+    stack = make_stack(docker, SANDBOX_DOCKER_NETWORK_MODES="bridge", SANDBOX_DOCKER_PUBLISH_IP="127.0.0.2")
     client = docker.client(stack.address, stack.client_token)
     try:
         created = await client.create(spec=pb.SandboxSpec(network_mode="bridge", ports=[8000]))
         try:
             [endpoint] = created.endpoints
             published = urllib.parse.urlsplit(endpoint.url)
-            assert (endpoint.port, published.scheme, published.hostname) == (8000, "http", "127.0.0.1")
+            assert (endpoint.port, published.scheme, published.hostname) == (8000, "http", "127.0.0.2")
             assert (await client.get(created.name)).endpoints == created.endpoints
             await client.write_file(created.name, "/srv/www/hello.txt", b"over the bridge\n")
             serve = "cd /srv/www && setsid nohup python3 -m http.server 8000 >/dev/null 2>&1 &"

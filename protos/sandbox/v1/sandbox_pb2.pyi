@@ -757,7 +757,8 @@ class Endpoint(_message.Message):
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Headers every request to url must carry, such as a private sandbox's preview token (Daytona). They are
-        credentials: keep them out of logs.
+        credentials: keep them out of logs (debug_redact marks them, but not every protobuf runtime honours it;
+        Python's str() prints them).
         """
 
     def __init__(
