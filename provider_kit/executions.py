@@ -215,7 +215,10 @@ class Executions:
             except Exception as exc:  # the sandbox may be gone; nothing else to do
                 log.info("could not stop a follower of %s: %s", name, exc)
 
-        task = asyncio.create_task(stop())
+        try:
+            task = asyncio.get_running_loop().create_task(stop())
+        except RuntimeError:  # no loop any more (the process is ending): nothing can run the stop
+            return
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
