@@ -167,10 +167,10 @@ class DaytonaDriver(Driver):
     def _labels(self, new: NewSandbox) -> dict[str, str]:
         return records.encode(new, self._settings.daytona_owner)
 
-    async def _record(self, sandbox: AsyncSandbox) -> SandboxRecord:
+    async def _record(self, sandbox: AsyncSandbox, *, endpoints: bool = True) -> SandboxRecord:
         record = records.decode(sandbox.id, dict(sandbox.labels or {}), _state(sandbox.state))
         # A sandbox that is not running serves nothing (and Daytona may refuse its links).
-        if not record.spec.ports or record.state != sandbox_pb2.Sandbox.STATE_RUNNING:
+        if not (endpoints and record.spec.ports and record.state == sandbox_pb2.Sandbox.STATE_RUNNING):
             return record
         # Daytona serves every port at a preview URL; a private sandbox's also needs its preview token.
 
@@ -179,8 +179,8 @@ class DaytonaDriver(Driver):
             headers = {PREVIEW_TOKEN_HEADER: link.token} if link.token else {}
             return sandbox_pb2.Endpoint(port=port, url=link.url, headers=headers)
 
-        endpoints = await asyncio.gather(*(endpoint(port) for port in record.spec.ports))
-        return dataclasses.replace(record, endpoints=list(endpoints))
+        links = await asyncio.gather(*(endpoint(port) for port in record.spec.ports))
+        return dataclasses.replace(record, endpoints=list(links))
 
     def _params(self, new: NewSandbox, name: str) -> CreateSandboxFromImageParams | CreateSandboxFromSnapshotParams:
         spec = new.spec
@@ -260,8 +260,8 @@ class DaytonaDriver(Driver):
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         return sandbox
 
-    async def get(self, native_id: str) -> SandboxRecord:
-        return await self._record(await self._sandbox(native_id))
+    async def get(self, native_id: str, *, endpoints: bool = True) -> SandboxRecord:
+        return await self._record(await self._sandbox(native_id), endpoints=endpoints)
 
     async def _managed(self, labels: dict[str, str]) -> list[AsyncSandbox]:
         query = ListSandboxesQuery(labels={records.OWNER_KEY: self._settings.daytona_owner, **labels}, limit=100)

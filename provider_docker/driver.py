@@ -209,7 +209,7 @@ class DockerDriver(Driver):
             await asyncio.sleep(0.1)
         return await self.get(name)
 
-    async def get(self, native_id: str) -> SandboxRecord:
+    async def get(self, native_id: str, *, endpoints: bool = True) -> SandboxRecord:
         attrs = await self._call(f"sandbox {native_id}", self._api.inspect_container, native_id)
         labels = attrs["Config"].get("Labels") or {}
         if labels.get(records.OWNER_KEY) != self._settings.docker_owner:

@@ -151,7 +151,7 @@ class E2BDriver(Driver):
             return await self.get(sandbox.sandbox_id)
         return self._record(sandbox.sandbox_id, metadata, True, sandbox.sandbox_domain)
 
-    async def get(self, native_id: str) -> SandboxRecord:
+    async def get(self, native_id: str, *, endpoints: bool = True) -> SandboxRecord:
         info = await self._call(f"sandbox {native_id}", AsyncSandbox.get_info(native_id, **self._opts))
         if info.metadata.get(records.OWNER_KEY) != self._settings.e2b_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")

@@ -87,8 +87,10 @@ class Driver(abc.ABC):
         created with it, returns that one instead (the kit compares request hashes)."""
 
     @abc.abstractmethod
-    async def get(self, native_id: str) -> SandboxRecord:
-        """Reads one sandbox; raises NOT_FOUND if it does not exist or is not managed by this platform."""
+    async def get(self, native_id: str, *, endpoints: bool = True) -> SandboxRecord:
+        """Reads one sandbox; raises NOT_FOUND if it does not exist or is not managed by this platform.
+        endpoints=False: the caller does not need record.endpoints, so a driver for which they cost calls of
+        their own (Daytona's preview links) may leave them out."""
 
     @abc.abstractmethod
     async def list_sandboxes(self, tenant: str, labels: dict[str, str], after: str, limit: int) -> list[SandboxRecord]:

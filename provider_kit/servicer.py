@@ -78,10 +78,11 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
                 "UNKNOWN_PROVIDER", f"this server serves provider {self._driver.name!r}, not {provider!r}"
             )
 
-    async def _owned(self, name: SandboxName, tenant: str) -> SandboxRecord:
-        """The sandbox if it exists and belongs to tenant; another tenant's sandbox is NOT_FOUND."""
+    async def _owned(self, name: SandboxName, tenant: str, *, endpoints: bool = False) -> SandboxRecord:
+        """The sandbox if it exists and belongs to tenant; another tenant's sandbox is NOT_FOUND. Its endpoints
+        only when asked: they may cost the provider calls of their own, and only GetSandbox shows them."""
         self._check_provider(name.provider)
-        record = await self._driver.get(name.native_id)
+        record = await self._driver.get(name.native_id, endpoints=endpoints)
         if record.tenant != tenant:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {name} does not exist")
         return record
@@ -152,7 +153,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
     @unary_errors
     async def GetSandbox(self, request: sandbox_pb2.GetSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
         tenant = self._tenant(context)
-        record = await self._owned(parse_sandbox_name(request.name), tenant)
+        record = await self._owned(parse_sandbox_name(request.name), tenant, endpoints=True)
         return to_proto(self._driver.name, record)
 
     @unary_errors

@@ -300,7 +300,7 @@ class VercelDriver(Driver):
                     return record
             await asyncio.sleep(0.2)
 
-    async def get(self, native_id: str) -> SandboxRecord:
+    async def get(self, native_id: str, *, endpoints: bool = True) -> SandboxRecord:
         return self._record(await self._sandbox(native_id))
 
     async def _query(self, tag: TagFilter) -> list[Sandbox]:

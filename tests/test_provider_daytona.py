@@ -320,3 +320,18 @@ async def test_create_whose_preview_links_fail_leaves_no_sandbox(rpc: Client, em
     await expect_error(endpoints.create_with_ports(rpc, [4321]), grpc.StatusCode.UNAVAILABLE, "PROVIDER_UNAVAILABLE")
     assert fault.hits >= 1
     # no_sandbox_left checks that the sandbox made before the failure was deleted.
+
+
+async def test_preview_links_are_read_only_for_calls_that_show_them(rpc: Client, emulator: DaytonaEmulator) -> None:
+    created = await endpoints.create_with_ports(rpc, [4321])
+    try:
+        emulator.requests.clear()
+        # Commands, files and pushes read the sandbox too, but show no endpoints: no preview-link calls.
+        for _ in range(2):  # both provider replicas of the stack read the sandbox at least once
+            await rpc.run(created.name, ["true"])
+            await rpc.write_file(created.name, "/tmp/f", b"x")
+        assert not [r for r in emulator.requests if r.endswith("/preview-url")]
+        assert (await rpc.get(created.name)).endpoints == created.endpoints
+        assert [r for r in emulator.requests if r.endswith("/preview-url")]
+    finally:
+        await rpc.delete(created.name)
