@@ -146,6 +146,7 @@ class DockerDriver(Driver):
         name = self._container_name(new)
         spec = new.spec
         subject = f"sandbox {name}"
+        labels = records.encode(new, self._settings.docker_owner)
         host_config = self._api.create_host_config(
             init=True,  # reaps the detached processes of executions
             nano_cpus=spec.milli_cpus * 1_000_000,
@@ -164,7 +165,7 @@ class DockerDriver(Driver):
                 self._api.create_container,
                 image=spec.image,
                 name=name,
-                labels=records.encode(new, self._settings.docker_owner),
+                labels=labels,
                 host_config=host_config,
                 ports=list(spec.ports) or None,
                 entrypoint=["sleep", "infinity"],
@@ -195,7 +196,7 @@ class DockerDriver(Driver):
             with contextlib.suppress(Exception):
                 await self._call(subject, self._api.remove_container, name, force=True, v=True)
             raise
-        return self._record(name, records.encode(new, self._settings.docker_owner), "running", {})
+        return self._record(name, labels, "running", {})
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a container whose name another request has reserved. The engine reserves the name before
