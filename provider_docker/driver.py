@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import io
 import posixpath
+import re
 import socket
 import tarfile
 import threading
@@ -41,6 +42,10 @@ STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
 # The API version used until the engine's own is known (Docker 20.10 and newer speak it).
 FALLBACK_API_VERSION = "1.41"
+# The only native ids this driver ever makes (see _container_name). The engine resolves a container id
+# prefix as readily as a name, so nothing else is ever passed to it: "sbx-" is not hex, so such a name can
+# never be read as somebody else's id prefix.
+NATIVE_ID = re.compile(r"sbx-[0-9a-f]{20}")
 
 
 class DockerDriver(Driver):
@@ -198,6 +203,14 @@ class DockerDriver(Driver):
             raise
         return self._record(name, labels, "running", {})
 
+    @staticmethod
+    def _checked(native_id: str) -> str:
+        """native_id, if it is one this driver made; anything else does not exist (same answer as a missing
+        sandbox, so nothing is learnt from it)."""
+        if not NATIVE_ID.fullmatch(native_id):
+            raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
+        return native_id
+
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a container whose name another request has reserved. The engine reserves the name before
         the container can be inspected, so a concurrent create may briefly see NOT_FOUND."""
@@ -211,9 +224,10 @@ class DockerDriver(Driver):
         return await self.get(name)
 
     async def get(self, native_id: str, *, endpoints: bool = True) -> SandboxRecord:
-        attrs = await self._call(f"sandbox {native_id}", self._api.inspect_container, native_id)
+        attrs = await self._call(f"sandbox {native_id}", self._api.inspect_container, self._checked(native_id))
         labels = attrs["Config"].get("Labels") or {}
-        if labels.get(records.OWNER_KEY) != self._settings.docker_owner:
+        # The exact name, not a container the engine found some other way, and one this deployment made.
+        if attrs["Name"].lstrip("/") != native_id or labels.get(records.OWNER_KEY) != self._settings.docker_owner:
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         bindings = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
         published = {int(key.split("/")[0]): int(hosts[0]["HostPort"]) for key, hosts in bindings.items() if hosts}
@@ -238,8 +252,12 @@ class DockerDriver(Driver):
         return [r for r in found if r.native_id > after][:limit]
 
     async def delete(self, native_id: str) -> None:
+        if not NATIVE_ID.fullmatch(native_id):
+            return  # never made by this driver: nothing to delete
         try:
-            await self._call(f"sandbox {native_id}", self._api.remove_container, native_id, force=True, v=True)
+            await self._call(
+                f"sandbox {native_id}", self._api.remove_container, self._checked(native_id), force=True, v=True
+            )
         except Exception as exc:
             if not isinstance(exc.__cause__, docker.errors.NotFound):
                 raise
@@ -272,7 +290,11 @@ class DockerDriver(Driver):
             member.size, member.mode = len(content), 0o600
             tar.addfile(member, io.BytesIO(content))
         await self._call(
-            f"sandbox {native_id}", self._api.put_archive, native_id, posixpath.dirname(path), archive.getvalue()
+            f"sandbox {native_id}",
+            self._api.put_archive,
+            self._checked(native_id),
+            posixpath.dirname(path),
+            archive.getvalue(),
         )
 
     async def run_with_stdin(self, native_id: str, argv: list[str], stdin: bytes) -> ProcessResult:
@@ -283,7 +305,7 @@ class DockerDriver(Driver):
                 raw.shutdown(socket.SHUT_WR)  # end of file for the command
 
         def run() -> ProcessResult:
-            exec_id = self._api.exec_create(native_id, argv, stdin=True, stdout=True, stderr=True)["Id"]
+            exec_id = self._api.exec_create(self._checked(native_id), argv, stdin=True, stdout=True, stderr=True)["Id"]
             sock: Any = self._api.exec_start(exec_id, socket=True)
             raw: socket.socket = getattr(sock, "_sock", sock)
             # Sending and reading at once: a command that writes while it reads, or exits without reading
@@ -310,7 +332,13 @@ class DockerDriver(Driver):
     ) -> AsyncIterator[Output | Exit]:
         subject = f"sandbox {native_id}"
         created = await self._call(
-            subject, self._api.exec_create, native_id, argv, stdout=True, stderr=True, environment=env or None
+            subject,
+            self._api.exec_create,
+            self._checked(native_id),
+            argv,
+            stdout=True,
+            stderr=True,
+            environment=env or None,
         )
         exec_id = created["Id"]
         sock: Any = await self._call(subject, self._api.exec_start, exec_id, socket=True)

@@ -18,7 +18,6 @@ from provider_kit.errors import (
     already_exists,
     failed_precondition,
     invalid_argument,
-    not_found,
     stream_errors,
     unary_errors,
 )
@@ -28,11 +27,11 @@ from provider_kit.names import ExecutionName, SandboxName, parse_execution_name,
 from provider_kit.settings import ProviderSettings
 from provider_kit.tasks import Tasks
 from provider_kit.telemetry import ACTIVE_SANDBOXES, SANDBOX_CREATE_SECONDS
+from provider_kit.tenancy import OwnerCache, check_owner, sandbox_not_found, uniform_not_found
 from provider_kit.workspace import WORKSPACE_METADATA_KEY, encode_workspace
 from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
-TENANT_CACHE_SIZE = 10_000
 
 
 def to_proto(provider: str, record: SandboxRecord) -> sandbox_pb2.Sandbox:
@@ -60,7 +59,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._settings = settings
         self._tokens = settings.accepted_provider_tokens()
         self._executions = Executions(driver, settings.stream_keepalive_seconds)
-        self._tenant_cache: dict[str, str] = {}
+        self._owners = OwnerCache()
         self._coding = Coding(driver, self._executions, settings)
         self._tasks = Tasks(driver, self._executions, self._coding)
 
@@ -82,29 +81,29 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         """The sandbox if it exists and belongs to tenant; another tenant's sandbox is NOT_FOUND. Its endpoints
         only when asked: they may cost the provider calls of their own, and only GetSandbox shows them."""
         self._check_provider(name.provider)
-        record = await self._driver.get(name.native_id, endpoints=endpoints)
-        if record.tenant != tenant:
-            raise not_found("SANDBOX_NOT_FOUND", f"sandbox {name} does not exist")
-        return record
+        try:
+            record = await self._driver.get(name.native_id, endpoints=endpoints)
+        except ApiError as err:
+            raise uniform_not_found(err, name) from None
+        return check_owner(name, record, tenant)
 
     async def _check_running(self, name: SandboxName, tenant: str) -> None:
         """For process calls: the sandbox must be the caller's and running.
 
-        A sandbox's tenant never changes (and request-id-derived ids embed the tenant), so a replica may
-        remember it: that saves a provider round trip on every command. If the sandbox has since gone or
-        stopped, the process call itself fails with NOT_FOUND or FAILED_PRECONDITION.
+        A sandbox's tenant never changes, so a replica may remember it for a while (OwnerCache): that saves
+        a provider round trip on every command. If the sandbox has since gone or stopped, the process call
+        itself fails with NOT_FOUND or FAILED_PRECONDITION.
         """
         self._check_provider(name.provider)
-        owner = self._tenant_cache.get(name.native_id)
+        owner = self._owners.get(name.native_id)
         if owner is None:
             record = await self._owned(name, tenant)
             if record.state != sandbox_pb2.Sandbox.STATE_RUNNING:
                 raise failed_precondition("SANDBOX_NOT_RUNNING", f"sandbox {name} is not running")
-            if len(self._tenant_cache) >= TENANT_CACHE_SIZE:
-                self._tenant_cache.pop(next(iter(self._tenant_cache)))
-            self._tenant_cache[name.native_id] = owner = record.tenant
+            self._owners.put(record)
+            owner = record.tenant
         if owner != tenant:
-            raise not_found("SANDBOX_NOT_FOUND", f"sandbox {name} does not exist")
+            raise sandbox_not_found(name)
 
     @unary_errors
     async def CreateSandbox(self, request: sandbox_pb2.CreateSandboxRequest, context: Context) -> sandbox_pb2.Sandbox:
@@ -186,6 +185,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
             if err.code == grpc.StatusCode.NOT_FOUND:
                 return sandbox_pb2.DeleteSandboxResponse()
             raise
+        self._owners.forget(name.native_id)
         await self._driver.delete(name.native_id)
         ACTIVE_SANDBOXES.add(-1, {"provider": self._driver.name})
         return sandbox_pb2.DeleteSandboxResponse()
