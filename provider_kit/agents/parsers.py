@@ -1,18 +1,24 @@
 """Parsers from each agent's streaming output (JSON lines) to typed AgentEvents.
 
 Parsers are fed complete stdout lines and never fail: a line they do not understand yields nothing (the raw
-bytes still reach the client next to the events).
+bytes still reach the client next to the events). The output is the agent's, so it is hostile input: LineParser
+bounds what it buffers and drops any line a parser cannot turn into events, whatever the parser raises.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from sandbox.v1 import sandbox_pb2
 
+log = logging.getLogger(__name__)
 Event = sandbox_pb2.AgentEvent
+# Longer lines are not parsed (their bytes still stream): an agent could otherwise make a provider buffer
+# without end by never writing a newline.
+MAX_LINE_BYTES = 4 * 1024 * 1024
 Parser = Callable[[dict[str, Any]], Iterator[sandbox_pb2.AgentEvent]]
 
 
@@ -200,7 +206,8 @@ class LineParser:
     def __init__(self, parser: Parser | None, *, mid_line: bool = False) -> None:
         self._parser = parser
         self._buffer = bytearray()
-        # When re-attaching from an offset, the first partial line cannot be parsed: skip it.
+        # When re-attaching from an offset, the first partial line cannot be parsed: skip it. The same for
+        # the rest of a line that grew past MAX_LINE_BYTES.
         self._skipping = mid_line
 
     def feed(self, data: bytes) -> list[Event]:
@@ -214,10 +221,19 @@ class LineParser:
             if self._skipping:
                 self._skipping = False
                 continue
-            try:
-                decoded = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(decoded, dict):
-                events.extend(self._parser(decoded))
+            events.extend(self._parse(line))
+        if len(self._buffer) > MAX_LINE_BYTES:
+            self._buffer.clear()
+            self._skipping = True
         return events
+
+    def _parse(self, line: bytes) -> list[Event]:
+        assert self._parser is not None
+        try:
+            decoded = json.loads(line)
+            return list(self._parser(decoded)) if isinstance(decoded, dict) else []
+        except Exception as exc:
+            # Any line, however malformed (deep nesting, wrong types, numbers out of range), must not end the
+            # stream: it is the agent's output, not ours. Its bytes still reach the client.
+            log.debug("agent output line not parsed: %s", type(exc).__name__)
+            return []
