@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from provider_kit.driver import Driver, Exit
-from provider_kit.errors import failed_precondition, internal, invalid_argument, not_found
+from provider_kit.errors import failed_precondition, invalid_argument, not_found
 from provider_kit.streams import closing
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -83,9 +83,14 @@ async def write_file(driver: Driver, native_id: str, path: str, content: bytes, 
         raise failed_precondition(
             "PARENT_NOT_WRITABLE", f"cannot create {path}: a parent is not a writable directory", path=path
         )
-    if result.code != 0:
-        raise internal("FILE_WRITE_FAILED", f"writing {path} failed with exit code {result.code}")
-    return int(result.stdout.decode().strip() or 0)
+    # What the sandbox answers is its own business, not ours: an exit code or a size that is not the
+    # script's is a failure in that sandbox (a full disk, a replaced tool), never a server error.
+    size = result.stdout.strip()
+    if result.code != 0 or not size.isdigit() or len(size) > 19:
+        raise failed_precondition(
+            "FILE_WRITE_FAILED", f"writing {path} failed in the sandbox (exit code {result.code})"
+        )
+    return int(size)
 
 
 async def read_file(driver: Driver, native_id: str, path: str) -> AsyncIterator[tuple[int, bytes]]:
@@ -99,7 +104,9 @@ async def read_file(driver: Driver, native_id: str, path: str) -> AsyncIterator[
                 if item.code == _NOT_A_FILE:
                     raise failed_precondition("NOT_A_REGULAR_FILE", f"{path} is not a regular file", path=path)
                 if item.code != 0:
-                    raise internal("FILE_READ_FAILED", f"reading {path} failed with exit code {item.code}")
+                    raise failed_precondition(
+                        "FILE_READ_FAILED", f"reading {path} failed in the sandbox (exit code {item.code})"
+                    )
                 return
             if item.fd != 1:
                 continue
