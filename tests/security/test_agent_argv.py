@@ -198,7 +198,7 @@ async def test_instruction_arrives_only_where_the_catalog_says(agent: str, clien
     assert len(shapes) == 1, shapes
 
 
-async def _drain(stream: AsyncIterator[pb.ExecutionEvent]) -> None:
+async def _drain(stream: AsyncIterator[object]) -> None:
     async for _ in stream:
         pass
 
@@ -214,3 +214,35 @@ async def test_shell_runs_an_option_shaped_instruction_as_a_command(client: Clie
         assert run.finished.exit_code == 127, (instruction, run.finished, bytes(run.stderr))
         first = instruction.split()[0].encode()
         assert first + b": command not found" in bytes(run.stderr), (instruction, bytes(run.stderr))
+
+
+# -- the other request fields that reach an agent's argv ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", "--help"),
+        ("model", "-cnotify=x"),
+        ("resume_session", "--settings={}"),
+        ("resume_session", "-"),
+        ("mcp_servers", "--mcp-config"),
+    ],
+)
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+async def test_option_shaped_fields_are_refused_before_any_side_effect(
+    agent: str, field: str, value: str, client: Client, git_server: GitServer
+) -> None:
+    request = pb.ExecuteAgentRequest(agent=agent, instruction="do the thing", secrets=dummy_secrets(agent))
+    if field == "mcp_servers":
+        request.mcp_servers.append(pb.McpServer(name=value, command="true"))
+    else:
+        setattr(request, field, value)
+    task = pb.RunTaskRequest(
+        provider="docker",
+        repository=pb.RepositorySetup(url=git_server.url("never-cloned"), token=git_server.token or ""),
+        agent=request,
+    )
+    # INVALID_ARGUMENT from RunTask's check, before any sandbox exists (the autouse fixture sees no container).
+    stream = client.stub.RunTask(task, metadata=client.metadata)
+    await expect_error(_drain(stream), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD")
