@@ -17,7 +17,7 @@ one operand after `--` (provider_kit/agents/catalog.py says which and why).
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -26,7 +26,7 @@ from provider_kit.agents import AGENTS
 from sandbox.v1 import sandbox_pb2 as pb
 from tests import docker_only
 from tests.client import Client, Collected, expect_error
-from tests.fake_model import FakeModel, Script
+from tests.fake_model import Api, FakeModel, Script
 from tests.git_server import GitServer
 from tests.test_coding import repo
 
@@ -122,7 +122,7 @@ def real_request(agent: str, model: FakeModel) -> dict[str, object]:
 async def test_real_cli_takes_option_shaped_instructions_as_the_prompt(
     agent: str, instructions: list[str], model: FakeModel, client: Client, agent_sandbox: str
 ) -> None:
-    api = "anthropic" if agent == "claude" else "openai"
+    api: Api = "anthropic" if agent == "claude" else "openai"
     for instruction in instructions:
         model.clear()
         run = await client.run_agent(agent_sandbox, agent, instruction, **real_request(agent, model))
@@ -198,7 +198,7 @@ async def test_instruction_arrives_only_where_the_catalog_says(agent: str, clien
     assert len(shapes) == 1, shapes
 
 
-async def _drain(stream: AsyncIterator[object]) -> None:
+async def _drain(stream: AsyncIterable[object]) -> None:
     async for _ in stream:
         pass
 
