@@ -9,15 +9,16 @@ starts.
 
 How each CLI takes its prompt (checked against the real claude and codex in the agent image, and against the
 documentation or source of the others):
-- claude: `claude -p` with no prompt operand reads it from stdin. An operand would be parsed by commander,
-  which treats an operand naming a subcommand (`mcp`, `doctor`...) as that subcommand even after `--`.
+- claude: `claude -p` (a flag) with no prompt operand reads it from stdin. (`-p ... -- INSTRUCTION` also
+  works with 2.1.197; stdin keeps the instruction out of the parser whatever a later version does.)
 - codex: `codex exec ... -` (and `codex exec resume ... SESSION -`) read it from stdin.
-- gemini: reads stdin when it is not a terminal and runs headless; no `-p` (yargs would take a following
-  `-...` element as an option and leave the prompt empty).
+- gemini: reads stdin when it is not a terminal and runs headless (the model gets it followed by a blank
+  line); no `-p` (yargs takes a following `-...` element as an option and leaves the prompt empty).
 - copilot: documented "pipe a prompt to copilot"; piped input is ignored when `-p` is also given, so no `-p`.
 - opencode: `opencode run` reads stdin when it is not a terminal (its operands would be re-quoted and joined).
-- cursor: documents no stdin or file prompt, so the one operand after `--`; commander would still dispatch an
-  operand that is exactly a subcommand name (`update`, `logout`...), so a one-word instruction is refused.
+- cursor: documents no stdin or file prompt (reports disagree on whether `-p` reads a pipe), so the one
+  operand after `--`. Its commander-style parser still dispatches an operand after `--` that is exactly a
+  subcommand name (`update`, `logout`...), so a one-word instruction is refused.
 - shell: `bash -c -- INSTRUCTION`: bash runs the instruction as a script, and `--` ends bash's own options, so
   `--help` or `-c x` is a command, not an option.
 """
