@@ -58,8 +58,6 @@ CODEX_INSTRUCTIONS = [
 # For the stubs: options of every catalog CLI, subcommand names, the end-of-options marker, and multi-word forms.
 STUB_INSTRUCTIONS = [
     "--help",
-    "-h",
-    "--version",
     "-",
     "--",
     "update",
