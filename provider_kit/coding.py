@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from provider_kit import validation, workspace
 from provider_kit.agents import Agent, agent_for_execution, get_agent
-from provider_kit.agents.catalog import EXECUTION_PREFIX, agent_argv, file_env
+from provider_kit.agents.catalog import EXECUTION_PREFIX, agent_argv, script_env
 from provider_kit.agents.parsers import LineParser
 from provider_kit.driver import Driver, SandboxRecord
 from provider_kit.errors import failed_precondition, invalid_argument
@@ -92,6 +92,7 @@ class Coding:
         """Validates an agent request completely, before any side effect."""
         agent = get_agent(request.agent)
         validation.text(request.instruction, "instruction", maximum=MAX_INSTRUCTION_BYTES, required=True)
+        agent.check_instruction(request.instruction)
         validation.token(request.model, "model")
         validation.token(request.resume_session, "resume_session")
         secrets = validation.user_env(dict(request.secrets), "secrets")
@@ -124,7 +125,7 @@ class Coding:
         stream = self._executions.start(
             name,
             argv,
-            {**run.env, **invocation.env, **file_env(invocation.files)},
+            {**run.env, **invocation.env, **script_env(invocation)},
             "",
             run.timeout,
             secret_env=run.secret_env,

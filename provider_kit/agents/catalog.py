@@ -1,8 +1,26 @@
 """One entry per agent: install, argv, required secrets, MCP configuration, output format, resume.
 
-The instruction always travels as one argv element: nothing is ever spliced into a shell string. Config
-files (which may hold MCP servers' secrets) travel in the execution's environment and are written by the
-agent script as the agent user with mode 600.
+No instruction can be read as an option, a subcommand or a shell word: every CLI that reads its prompt on
+standard input gets it there (the argv is then the same for every instruction), and the others get it as the
+one operand after `--`. The instruction is never spliced into a shell string. It reaches the sandbox in the
+execution's environment (SANDBOX_AGENT_STDIN), like the config files (which may hold MCP servers' secrets and
+are written by the agent script as the agent user with mode 600); the script unsets both before the agent
+starts.
+
+How each CLI takes its prompt (checked against the real claude and codex in the agent image, and against the
+documentation or source of the others):
+- claude: `claude -p` (a flag) with no prompt operand reads it from stdin. (`-p ... -- INSTRUCTION` also
+  works with 2.1.197; stdin keeps the instruction out of the parser whatever a later version does.)
+- codex: `codex exec ... -` (and `codex exec resume ... SESSION -`) read it from stdin.
+- gemini: reads stdin when it is not a terminal and runs headless (the model gets it followed by a blank
+  line); no `-p` (yargs takes a following `-...` element as an option and leaves the prompt empty).
+- copilot: documented "pipe a prompt to copilot"; piped input is ignored when `-p` is also given, so no `-p`.
+- opencode: `opencode run` reads stdin when it is not a terminal (its operands would be re-quoted and joined).
+- cursor: documents no stdin or file prompt (reports disagree on whether `-p` reads a pipe), so the one
+  operand after `--`. Its commander-style parser still dispatches an operand after `--` that is exactly a
+  subcommand name (`update`, `logout`...), so a one-word instruction is refused.
+- shell: `bash -c -- INSTRUCTION`: bash runs the instruction as a script, and `--` ends bash's own options, so
+  `--help` or `-c x` is a command, not an option.
 """
 
 from __future__ import annotations
@@ -27,6 +45,8 @@ class Invocation:
     env: dict[str, str] = field(default_factory=dict)
     # Files to write before the run, keyed by path ("~/" is the agent user's home).
     files: dict[str, str] = field(default_factory=dict)
+    # What the agent reads on its standard input (then end of file); None leaves stdin closed.
+    stdin: str | None = None
 
 
 Builder = Callable[[sandbox_pb2.ExecuteAgentRequest], Invocation]
@@ -42,10 +62,22 @@ class Agent:
     secrets: tuple[tuple[str, ...], ...]
     output: str
     build: Builder
+    # The instruction is the operand after `--` (the CLI reads no prompt from stdin): a one-word instruction
+    # could name one of the CLI's subcommands, so it is refused.
+    operand_prompt: bool = False
 
     @property
     def parser(self) -> Parser | None:
         return PARSERS.get(self.output)
+
+    def check_instruction(self, instruction: str) -> None:
+        if self.operand_prompt and not any(c.isspace() for c in instruction.strip()):
+            raise invalid_argument(
+                "INVALID_FIELD",
+                f"instruction for {self.name} must be more than one word: {self.binary} takes it as an operand, "
+                "and a single word could name one of its subcommands",
+                field="instruction",
+            )
 
     def check_secrets(self, request: sandbox_pb2.ExecuteAgentRequest) -> None:
         for alternatives in self.secrets:
@@ -69,8 +101,7 @@ def _toml_string(value: str) -> str:
 def _claude(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
     argv = [
         "claude",
-        "-p",
-        request.instruction,
+        "-p",  # a flag: the prompt comes on stdin
         "--dangerously-skip-permissions",
         "--output-format",
         "stream-json",
@@ -94,17 +125,18 @@ def _claude(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         "DISABLE_TELEMETRY": "1",
         "DISABLE_ERROR_REPORTING": "1",
     }
-    return Invocation(argv, env, files)
+    return Invocation(argv, env, files, stdin=request.instruction)
 
 
 def _codex(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
     options = ["--json", "--dangerously-bypass-approvals-and-sandbox", "--skip-git-repo-check"]
     if request.model:
         options += ["-m", request.model]
+    # "-" reads the prompt from stdin; `--` keeps the session id an operand whatever it is.
     if request.resume_session:
-        argv = ["codex", "exec", "resume", *options, request.resume_session, request.instruction]
+        argv = ["codex", "exec", "resume", *options, "--", request.resume_session, "-"]
     else:
-        argv = ["codex", "exec", *options, request.instruction]
+        argv = ["codex", "exec", *options, "-"]
     config = ["check_for_update_on_startup = false"]
     base_url = request.env.get("OPENAI_BASE_URL")
     if base_url:
@@ -128,11 +160,11 @@ def _codex(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
             if server.env:
                 pairs = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in server.env.items())
                 config.append(f"env = {{ {pairs} }}")
-    return Invocation(argv, {}, {"~/.codex/config.toml": "\n".join(config) + "\n"})
+    return Invocation(argv, {}, {"~/.codex/config.toml": "\n".join(config) + "\n"}, stdin=request.instruction)
 
 
 def _gemini(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
-    argv = ["gemini", "-p", request.instruction, "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json"]
+    argv = ["gemini", "--approval-mode", "yolo", "--skip-trust", "-o", "stream-json"]
     if request.model:
         argv += ["-m", request.model]
     if request.resume_session:
@@ -146,7 +178,12 @@ def _gemini(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         "privacy": {"usageStatisticsEnabled": False},
         "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
     }
-    return Invocation(argv, {"GEMINI_CLI_TRUST_WORKSPACE": "true"}, {"~/.gemini/settings.json": json.dumps(settings)})
+    return Invocation(
+        argv,
+        {"GEMINI_CLI_TRUST_WORKSPACE": "true"},
+        {"~/.gemini/settings.json": json.dumps(settings)},
+        stdin=request.instruction,
+    )
 
 
 def _cursor(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
@@ -156,7 +193,7 @@ def _cursor(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         argv += ["--model", request.model]
     if request.resume_session:
         argv += ["--resume", request.resume_session]
-    argv.append(request.instruction)
+    argv += ["--", request.instruction]
     files = {}
     if request.mcp_servers:
         servers = {s.name: ({"url": s.url} if s.url else _stdio_or_url(s)) for s in request.mcp_servers}
@@ -170,7 +207,6 @@ def _opencode(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         argv += ["-m", request.model]
     if request.resume_session:
         argv += ["--session", request.resume_session]
-    argv.append(request.instruction)
     files = {}
     if request.mcp_servers:
         mcp = {
@@ -184,14 +220,12 @@ def _opencode(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
         files["~/.config/opencode/opencode.json"] = json.dumps(
             {"$schema": "https://opencode.ai/config.json", "mcp": mcp}
         )
-    return Invocation(argv, {"OPENCODE_DISABLE_AUTOUPDATE": "1"}, files)
+    return Invocation(argv, {"OPENCODE_DISABLE_AUTOUPDATE": "1"}, files, stdin=request.instruction)
 
 
 def _copilot(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
     argv = [
         "copilot",
-        "-p",
-        request.instruction,
         "--allow-all",
         "--output-format",
         "json",
@@ -213,13 +247,15 @@ def _copilot(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
             for s in request.mcp_servers
         }
         files["~/.copilot/mcp-config.json"] = json.dumps({"mcpServers": servers})
-    return Invocation(argv, {"COPILOT_AUTO_UPDATE": "false"}, files)
+    return Invocation(argv, {"COPILOT_AUTO_UPDATE": "false"}, files, stdin=request.instruction)
 
 
 def _shell(request: sandbox_pb2.ExecuteAgentRequest) -> Invocation:
     # The `shell` agent's instruction is a bash script: running it is the point (deterministic tasks, and
-    # runs without a model). It is still one argv element, never spliced into another command.
-    return Invocation(["bash", "-c", request.instruction])
+    # runs without a model). It is still one argv element, never spliced into another command, and it comes
+    # after `--`, so an instruction such as `--help` or `-c x` is a command bash runs, not one of its options.
+    # (Not stdin: the script's own commands would read the rest of it.)
+    return Invocation(["bash", "-c", "--", request.instruction])
 
 
 AGENTS: dict[str, Agent] = {
@@ -257,6 +293,7 @@ AGENTS: dict[str, Agent] = {
             secrets=(("CURSOR_API_KEY",),),
             output="claude-stream-json",
             build=_cursor,
+            operand_prompt=True,
         ),
         # Gemini CLI needs Node 20 or newer; Debian bookworm's nodejs is 18.
         Agent(
@@ -301,12 +338,27 @@ AGENT_SCRIPT = script("agent.sh")
 
 
 def agent_argv(agent: Agent, workspace_dir: str, invocation: Invocation) -> list[str]:
-    return ["bash", "-c", AGENT_SCRIPT, "sandbox-agent", workspace_dir, agent.binary, agent.package, *invocation.argv]
+    feed = "stdin" if invocation.stdin is not None else "none"
+    return [
+        "bash",
+        "-c",
+        AGENT_SCRIPT,
+        "sandbox-agent",
+        workspace_dir,
+        agent.binary,
+        agent.package,
+        feed,
+        *invocation.argv,
+    ]
 
 
-def file_env(files: dict[str, str]) -> dict[str, str]:
-    env = {"SANDBOX_FILE_COUNT": str(len(files))}
-    for i, (path, content) in enumerate(files.items()):
+def script_env(invocation: Invocation) -> dict[str, str]:
+    """What the agent script reads from its environment (and unsets before the agent starts): the files to
+    write and the agent's stdin."""
+    env = {"SANDBOX_FILE_COUNT": str(len(invocation.files))}
+    for i, (path, content) in enumerate(invocation.files.items()):
         env[f"SANDBOX_FILE_{i}_PATH"] = path
         env[f"SANDBOX_FILE_{i}_CONTENT"] = content
+    if invocation.stdin is not None:
+        env["SANDBOX_AGENT_STDIN"] = invocation.stdin
     return env
