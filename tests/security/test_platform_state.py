@@ -48,10 +48,12 @@ def _repo(git_server: GitServer) -> str:
     return name
 
 
-def _task(git_server: GitServer, repo: str, instruction: str, *, keep: bool = False) -> pb.RunTaskRequest:
+def _task(
+    client: Client, git_server: GitServer, repo: str, instruction: str, *, keep: bool = False
+) -> pb.RunTaskRequest:
     return pb.RunTaskRequest(
-        provider="docker",
-        spec=pb.SandboxSpec(network_mode="host"),
+        provider=client.provider,
+        spec=client.spec,
         repository=pb.RepositorySetup(url=git_server.url(repo), token=git_server.token or ""),
         agent=pb.ExecuteAgentRequest(agent="shell", instruction=instruction),
         keep_sandbox=keep,
@@ -208,7 +210,7 @@ async def test_a_sealed_state_copied_edited_or_truncated_is_refused(
 ) -> None:
     client = docker_rpc
     repo = _repo(git_server)
-    request = _task(git_server, repo, "echo one > one.txt", keep=True)
+    request = _task(client, git_server, repo, "echo one > one.txt", keep=True)
     final = (await _tasks(client.stub.RunTask(request, metadata=client.metadata)))[-1]
     assert final.phase == pb.Task.PHASE_SUCCEEDED, final.error
     second = None
@@ -286,12 +288,12 @@ async def test_malformed_task_state_files_are_data_loss_never_internal(
 
 
 async def test_a_task_with_a_large_diff_ends_succeeded_and_a_reattach_does_not_push_again(
-    docker_rpc: Client, git_server: GitServer
+    client: Client, git_server: GitServer
 ) -> None:
-    client = docker_rpc
+    # On every provider: the state is saved through each driver's own way of writing files.
     repo = _repo(git_server)
     # 1.2 MB of new lines: the diff (capped at 1 MiB by the push) and so the task state are far over 128 KiB.
-    request = _task(git_server, repo, "seq 1 200000 > big.txt", keep=True)
+    request = _task(client, git_server, repo, "seq 1 200000 > big.txt", keep=True)
     final = (await _tasks(client.stub.RunTask(request, metadata=client.metadata)))[-1]
     try:
         assert final.phase == pb.Task.PHASE_SUCCEEDED, final.error
@@ -311,7 +313,7 @@ async def test_a_task_whose_state_cannot_be_saved_never_reports_success(
 ) -> None:
     client = docker_rpc
     repo = _repo(git_server)
-    stream = client.stub.RunTask(_task(git_server, repo, "sleep 3; echo x > x.txt"), metadata=client.metadata)
+    stream = client.stub.RunTask(_task(client, git_server, repo, "sleep 3; echo x > x.txt"), metadata=client.metadata)
     seen: list[pb.Task] = []
     name = ""
     with pytest.raises(grpc.aio.AioRpcError) as raised:
