@@ -50,16 +50,20 @@ log = logging.getLogger(__name__)
 Task = sandbox_pb2.Task
 TaskEvent = sandbox_pb2.TaskEvent
 TASK_FILE = "/tmp/.sandbox-executions/task.json"
-# A task's state holds at most a 1 MiB diff (the push script's cap), a commit message and an error: well under
-# this. Bigger files are refused unread, so a sandbox cannot make a replica load gigabytes.
+# A task's state holds at most a diff of MAX_DIFF_CHARS, a commit message and an error: well under
+# MAX_STATE_BYTES even base64-encoded. Bigger files are refused unread, so a sandbox cannot make a replica load
+# gigabytes.
 MAX_STATE_BYTES = 8 * 1024 * 1024
+# The push script already cuts its diff at 1 MiB; kept here too, so that a state stays loadable whatever pushes.
+MAX_DIFF_CHARS = 1024 * 1024
 SEAL_PURPOSE = "task-state"
 _MISSING, _NOT_A_FILE = 66, 67
-# Reads at most $2 bytes of a regular file (not a symlink, FIFO or directory, which the sandbox may put there).
+# Reads at most $2 bytes of a regular file (not a symlink, FIFO or directory, which the sandbox may put there;
+# the timeout covers one swapped in after the check).
 _LOAD = f"""
 [ -e "$1" ] || [ -L "$1" ] || exit {_MISSING}
 [ -f "$1" ] && [ ! -L "$1" ] || exit {_NOT_A_FILE}
-exec head -c "$2" -- "$1"
+exec timeout 30 head -c "$2" -- "$1"
 """
 _DONE = (Task.PHASE_SUCCEEDED, Task.PHASE_FAILED)
 _PHASES = frozenset(Task.Phase.values()) - {Task.PHASE_UNSPECIFIED}
@@ -308,6 +312,7 @@ class Tasks:
         emit(TaskEvent(task=task))
         push = sandbox_pb2.PushChangesRequest(sandbox=task.name, message=state.commit_message, token=token)
         task.push.CopyFrom(await self._coding.push(name, await record_of(name), push))
+        task.push.diff = task.push.diff[:MAX_DIFF_CHARS]
         task.phase = Task.PHASE_SUCCEEDED
         await self._save(name, tenant, state)
         emit(TaskEvent(task=task))
