@@ -214,8 +214,10 @@ class Tasks:
             await self._save(name, tenant, state)
         except BaseException:
             # The client has not learned the sandbox's name, and without a saved state nobody can attach to it.
-            with contextlib.suppress(Exception):
-                await self._driver.delete(name.native_id)
+            # With a request_id it may be a retry's (the same sandbox, its task under way): a retry reaches it.
+            if not request.request_id:
+                with contextlib.suppress(Exception):
+                    await self._driver.delete(name.native_id)
             raise
         queue: asyncio.Queue[sandbox_pb2.TaskEvent | ApiError | None] = asyncio.Queue()
         listening = True
