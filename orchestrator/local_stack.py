@@ -101,6 +101,8 @@ class LocalStack:
     log_dir: Path | None = None
     client_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     provider_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Seals the task state kept in sandboxes: the same for every provider replica, so any of them resumes a task.
+    state_keys: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     tenant: str = "local"
     # More clients: token -> tenant.
     extra_tokens: dict[str, str] = field(default_factory=dict)
@@ -113,7 +115,11 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             for i in range(self.providers):
-                env = {"SANDBOX_PROVIDER_TOKEN": self.provider_token, **self.provider_env}
+                env = {
+                    "SANDBOX_PROVIDER_TOKEN": self.provider_token,
+                    "SANDBOX_STATE_KEYS": self.state_keys,
+                    **self.provider_env,
+                }
                 log = self._log(f"{self.provider_name}-{i}")
                 self.provider_processes.append(ServerProcess(self.provider_module, env, log).start())
             target = "ipv4:" + ",".join(p.address for p in self.provider_processes)

@@ -56,6 +56,8 @@ resource_exhausted = _factory(grpc.StatusCode.RESOURCE_EXHAUSTED)
 unauthenticated = _factory(grpc.StatusCode.UNAUTHENTICATED)
 deadline_exceeded = _factory(grpc.StatusCode.DEADLINE_EXCEEDED)
 internal = _factory(grpc.StatusCode.INTERNAL)
+# State read back from a sandbox that is damaged or forged (the sandbox's code can write it).
+data_loss = _factory(grpc.StatusCode.DATA_LOSS)
 
 
 class Backend:

@@ -1,14 +1,20 @@
 """Executions: detached processes in a sandbox that any replica can stream, re-attach to, inspect or cancel.
 
 The process state lives in files inside the sandbox (see exec_scripts), so this module keeps nothing in
-memory between calls. Stream offsets are byte positions in the stdout and stderr files: a client that
-re-attaches with the sums of the bytes it received gets the rest, with nothing lost or repeated.
+memory between calls. Those files are the sandbox's to write, so they are parsed like a request: anything the
+runner never writes is DATA_LOSS EXECUTION_STATE_INVALID. They carry no MAC: the platform acts on an
+execution's outcome only within that sandbox (a task pushes when its agent succeeded), and the code that could
+forge a status is the very code whose exit code it reports; a key inside the sandbox would be no secret.
+
+Stream offsets are byte positions in the stdout and stderr files: a client that re-attaches with the sums of
+the bytes it received gets the rest, with nothing lost or repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +25,7 @@ from google.protobuf import timestamp_pb2
 
 from provider_kit import exec_scripts
 from provider_kit.driver import Driver, Output
-from provider_kit.errors import ApiError, not_found, unavailable
+from provider_kit.errors import ApiError, data_loss, not_found, unavailable
 from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.streams import closing, with_keepalive
 from provider_kit.telemetry import EXECUTION_OUTCOMES
@@ -43,18 +49,68 @@ def timestamp(when: datetime | float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def _state_of(status: str, alive: bool) -> tuple[Execution.State.ValueType, int]:
-    """Maps the status file's content to a state and exit code."""
-    if status.startswith("exited "):
-        code = int(status.removeprefix("exited "))
+# What the runner writes to {id}.status (exec_scripts.RUNNER): exit codes and `wait` statuses are 0..255.
+_STATUS = re.compile(r"(?:(exited|killed) ([0-9]{1,3}))|timed_out|cancelled|")
+_MAX_EXIT = 255
+# stat's `%n %s %.3Y` lines: a file's size and mtime, which the sandbox can set to anything; bounded so that they
+# fit the proto fields (int64 sizes, Timestamps up to the year 9999).
+_STAT = re.compile(r"(\S+) ([0-9]{1,19}) ([0-9]{1,12}(?:\.[0-9]{1,9})?)")
+_MAX_SIZE = 2**63 - 1
+_MAX_EPOCH_SECONDS = 253402300799.0
+_STAT_FILES = ("out", "err", "runner", "status")
+# The probe prints two short lines and four stat lines; far more is a status file that is not the runner's.
+_MAX_PROBE_BYTES = 64 * 1024
+
+
+def _invalid_state(name: ExecutionName, why: str) -> ApiError:
+    # Only the sandbox's own code can have written this, so it is damaged or tampered with: the log says how
+    # (never the content), the client gets a stable reason.
+    log.warning("refused the state files of execution %s, they look like tampering: %s", name, why)
+    return data_loss(
+        "EXECUTION_STATE_INVALID",
+        f"the state files of execution {name} were not written by this platform (damaged or tampered with)",
+    )
+
+
+def _state_of(name: ExecutionName, status: str, alive: bool) -> tuple[Execution.State.ValueType, int]:
+    """Maps the status file's content to a state and exit code; anything the runner never writes is refused."""
+    match = _STATUS.fullmatch(status)
+    if match is None:
+        raise _invalid_state(name, "its status is not one the runner writes")
+    kind, number = match[1], match[2]
+    if kind is not None:
+        code = int(number)
+        if code > _MAX_EXIT:
+            raise _invalid_state(name, "its status has an exit code above 255")
+        if kind == "killed":
+            return Execution.STATE_FAILED, code
         return (Execution.STATE_SUCCEEDED if code == 0 else Execution.STATE_FAILED), code
     if status == "timed_out":
         return Execution.STATE_TIMED_OUT, 0
     if status == "cancelled":
         return Execution.STATE_CANCELLED, 0
-    if status.startswith("killed "):
-        return Execution.STATE_FAILED, int(status.removeprefix("killed "))
     return (Execution.STATE_RUNNING if alive else Execution.STATE_LOST), 0
+
+
+def _parse_probe(name: ExecutionName, output: bytes) -> tuple[str, bool, dict[str, tuple[int, float]]]:
+    """The probe's output (exec_scripts probe): status, whether the runner is alive, and (size, mtime) by file."""
+    if len(output) > _MAX_PROBE_BYTES:
+        raise _invalid_state(name, "its status file is far too large")
+    lines = output.decode(errors="replace").splitlines()
+    if len(lines) < 2 or not lines[0].startswith("status=") or lines[1] not in ("alive=0", "alive=1"):
+        raise _invalid_state(name, "the probe's answer is malformed")
+    prefix = f"{exec_scripts.BASE_DIR}/{name.execution_id}."
+    files: dict[str, tuple[int, float]] = {}
+    for line in lines[2:]:
+        match = _STAT.fullmatch(line)
+        kind = match[1].removeprefix(prefix) if match and match[1].startswith(prefix) else ""
+        if match is None or kind not in _STAT_FILES or kind in files:
+            raise _invalid_state(name, "a line of stat output is malformed")
+        size, mtime = int(match[2]), float(match[3])
+        if size > _MAX_SIZE or mtime > _MAX_EPOCH_SECONDS:
+            raise _invalid_state(name, "a file's size or time is out of range")
+        files[kind] = (size, mtime)
+    return lines[0].removeprefix("status="), lines[1] == "alive=1", files
 
 
 def new_execution_id(prefix: str = "") -> str:
@@ -228,16 +284,8 @@ class Executions:
             raise not_found("EXECUTION_NOT_FOUND", f"execution {name} does not exist")
         if result.code != 0:
             raise unavailable("PROBE_FAILED", f"could not read the state of {name}; retry")
-        fields: dict[str, str] = {}
-        files: dict[str, tuple[int, float]] = {}
-        for line in result.stdout.decode(errors="replace").splitlines():
-            if line.startswith(("status=", "alive=")):
-                key, _, value = line.partition("=")
-                fields[key] = value
-            elif line:
-                path, size, mtime = line.rsplit(" ", 2)
-                files[path.rsplit(".", 1)[-1]] = (int(size), float(mtime))
-        state, code = _state_of(fields.get("status", ""), fields.get("alive") == "1")
+        status, alive, files = _parse_probe(name, result.stdout)
+        state, code = _state_of(name, status, alive)
         execution = Execution(
             name=str(name),
             state=state,

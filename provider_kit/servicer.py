@@ -24,6 +24,7 @@ from provider_kit.errors import (
 from provider_kit.executions import Executions, timestamp
 from provider_kit.files import check_content, check_mode, read_file, write_file
 from provider_kit.names import ExecutionName, SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
+from provider_kit.sealed import Sealer
 from provider_kit.settings import ProviderSettings
 from provider_kit.tasks import Tasks
 from provider_kit.telemetry import ACTIVE_SANDBOXES, SANDBOX_CREATE_SECONDS
@@ -61,7 +62,8 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._executions = Executions(driver, settings.stream_keepalive_seconds)
         self._owners = OwnerCache()
         self._coding = Coding(driver, self._executions, settings)
-        self._tasks = Tasks(driver, self._executions, self._coding)
+        sealer = Sealer.from_settings(settings.accepted_state_keys())
+        self._tasks = Tasks(driver, self._executions, self._coding, sealer)
 
     async def close(self) -> None:
         """After the drain: lets cleanups under way finish, then releases the driver."""

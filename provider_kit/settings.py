@@ -47,12 +47,39 @@ class ProviderSettings(ServerSettings):
     git_allow_http: bool = False
     git_allow_file_urls: bool = False
 
+    # The keys that seal platform state kept inside sandboxes (provider_kit/sealed.py): the same on every
+    # provider replica, held by nothing else. Comma-separated: the first seals, all open, so a key rotates
+    # without downtime (add the new one second, then move it first, then drop the old one once no task
+    # sealed with it is left). Unset: a random key of this process (a warning says so), so task state is
+    # still unforgeable but only this process can read it back.
+    state_keys: SecretStr | None = None
+
+    _check_state_keys = field_validator("state_keys")(classmethod(lambda cls, v: check_state_keys(v)))
+
+    def accepted_state_keys(self) -> list[str]:
+        return split_list(self.state_keys.get_secret_value()) if self.state_keys else []
+
 
 def check_provider_token(value: SecretStr) -> SecretStr:
     tokens = split_list(value.get_secret_value())
     if not tokens or any(len(token) < 16 for token in tokens):
         # Never echo the value: it is a secret.
         raise ValueError("SANDBOX_PROVIDER_TOKEN must hold one or more comma-separated tokens of 16+ characters")
+    return value
+
+
+MIN_STATE_KEY_CHARS = 32
+
+
+def check_state_keys(value: SecretStr | None) -> SecretStr | None:
+    if value is None:
+        return None
+    keys = split_list(value.get_secret_value())
+    if not keys or any(len(key) < MIN_STATE_KEY_CHARS for key in keys):
+        # Never echo the value: it is a secret.
+        raise ValueError(
+            f"SANDBOX_STATE_KEYS must hold one or more comma-separated keys of {MIN_STATE_KEY_CHARS}+ characters"
+        )
     return value
 
 

@@ -436,6 +436,7 @@ def _compose_stack(
         "ORCHESTRATOR_LISTEN": f"127.0.0.1:{orchestrator_port}",
         "PROVIDER_PORT": str(provider_port),
         "SANDBOX_PROVIDER_TOKEN": uuid.uuid4().hex,
+        "SANDBOX_STATE_KEYS": uuid.uuid4().hex,
         "SANDBOX_TENANT_TOKENS": f"{client_token}=deploy-test",
         "SANDBOX_DOCKER_OWNER": owner,
         "SANDBOX_DOCKER_NETWORK_MODES": "host,none",

@@ -2,6 +2,7 @@
 # Writes the Secrets the manifests reference, as YAML on stdout (apply it, or seal/encrypt it first):
 #   sandbox-provider-token    key token:  the orchestrator -> provider credential
 #   sandbox-tenant-tokens     key tokens: one "token=tenant" line per TENANT argument
+#   sandbox-state-keys        key keys:   the providers' key for sealing task state kept in sandboxes
 #   docker-engine-client-tls  ca.pem, cert.pem, key.pem: the providers' client identity for the engine
 #   docker-engine-server-tls  ca.pem, cert.pem, key.pem: the engine's server identity (components/docker-engine)
 #   provider-e2b-credentials      E2B_API_KEY                                  (components/provider-e2b)
@@ -22,7 +23,7 @@
 #              "e2b daytona vercel"; empty: none).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
-  sed -n '2,22p' "$0" >&2
+  sed -n '2,23p' "$0" >&2
   exit 2
 fi
 cloud_providers=${CLOUD_PROVIDERS-e2b daytona vercel}
@@ -72,6 +73,8 @@ done
 secret sandbox-provider-token --from-literal=token="$(token)"
 echo ---
 secret sandbox-tenant-tokens --from-literal=tokens="$tenants"
+echo ---
+secret sandbox-state-keys --from-literal=keys="$(token)"
 echo ---
 secret docker-engine-client-tls \
   --from-file=ca.pem="$dir/ca.pem" --from-file=cert.pem="$dir/client.pem" --from-file=key.pem="$dir/client-key.pem"
