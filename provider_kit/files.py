@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from provider_kit.driver import Driver, Exit
-from provider_kit.errors import failed_precondition, internal, invalid_argument, not_found
+from provider_kit.errors import failed_precondition, invalid_argument, not_found
 from provider_kit.streams import closing
 
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -84,7 +84,10 @@ async def write_file(driver: Driver, native_id: str, path: str, content: bytes, 
             "PARENT_NOT_WRITABLE", f"cannot create {path}: a parent is not a writable directory", path=path
         )
     if result.code != 0:
-        raise internal("FILE_WRITE_FAILED", f"writing {path} failed with exit code {result.code}")
+        # What fails here is the sandbox's own doing (its filesystem, its tools), never the server's.
+        raise failed_precondition(
+            "FILE_WRITE_FAILED", f"writing {path} failed inside the sandbox (exit code {result.code})", path=path
+        )
     return int(result.stdout.decode().strip() or 0)
 
 
@@ -99,7 +102,9 @@ async def read_file(driver: Driver, native_id: str, path: str) -> AsyncIterator[
                 if item.code == _NOT_A_FILE:
                     raise failed_precondition("NOT_A_REGULAR_FILE", f"{path} is not a regular file", path=path)
                 if item.code != 0:
-                    raise internal("FILE_READ_FAILED", f"reading {path} failed with exit code {item.code}")
+                    raise failed_precondition(
+                        "FILE_READ_FAILED", f"reading {path} failed inside the sandbox (exit code {item.code})"
+                    )
                 return
             if item.fd != 1:
                 continue
