@@ -94,6 +94,21 @@ async def serve(
     """Runs a server until SIGTERM/SIGINT, then drains: health turns NOT_SERVING, new calls are refused,
     in-flight calls get settings.drain_seconds to finish."""
     setup_logging(settings.log_level)
+    try:
+        await _serve(name, settings, add_services, ready, background, on_stop)
+    finally:
+        # Last, whatever happened: writes out the queued log lines (a failure's above all).
+        stop_logging()
+
+
+async def _serve(
+    name: str,
+    settings: ServerSettings,
+    add_services: Callable[[grpc.aio.Server], None],
+    ready: Callable[[], Awaitable[bool]],
+    background: Callable[[], Coroutine[Any, Any, None]] | None,
+    on_stop: Callable[[], Awaitable[None]] | None,
+) -> None:
     setup_telemetry(name)
     # MalformedRequests first: a body that does not parse must be refused before anything else looks at it.
     server = grpc.aio.server(
@@ -163,8 +178,6 @@ async def serve(
     watchdog.stop()
     shutdown_telemetry()
     log.info("stopped")
-    # Last: writes out the queued log lines.
-    stop_logging()
 
 
 async def serve_provider(driver: Driver, settings: ProviderSettings) -> None:

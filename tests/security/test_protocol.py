@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import select
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import grpc
 import pytest
 from google.protobuf import descriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from orchestrator.local_stack import LocalStack
 from provider_kit import logs
@@ -35,8 +37,6 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
 def _methods() -> list[descriptor.MethodDescriptor]:
-    from grpc_reflection.v1alpha import reflection_pb2
-
     reflection_service = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
     return [*SANDBOX_SERVICE.methods, *HEALTH_SERVICE.methods, *reflection_service.methods]
 
@@ -83,6 +83,39 @@ async def test_malformed_bodies_are_invalid_argument_everywhere(docker_stack: Lo
                     if got != (grpc.StatusCode.INVALID_ARGUMENT, expected, "MALFORMED_REQUEST"):
                         failures.append((server, method.full_name, bool(metadata), got))
     assert not failures, failures
+
+
+async def test_random_bodies_to_health_and_reflection(docker_stack: LocalStack) -> None:
+    """Seeded random and mutated bodies to the health and reflection services of both kinds of server: never
+    INTERNAL or UNKNOWN (Watch on a valid request streams until its short deadline)."""
+    seed = 7
+    rng = random.Random(seed)
+    valid = {
+        "Check": health_pb2.HealthCheckRequest(service=SERVICE_NAME).SerializeToString(),
+        "Watch": health_pb2.HealthCheckRequest(service="").SerializeToString(),
+        "ServerReflectionInfo": reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString(),
+    }
+    methods = [m for m in _methods() if m.name in valid]
+    bad: list[tuple[str, str, bytes, Any]] = []
+
+    async def one(channel: grpc.aio.Channel, address: str, method: descriptor.MethodDescriptor, body: bytes) -> None:
+        err = await raw_call(channel, method, body, deadline=1)
+        if err is not None and err.code() in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+            bad.append((address, method.name, body, err.details()))
+
+    for address in (docker_stack.address, docker_stack.provider_processes[0].address):
+        async with grpc.aio.insecure_channel(address) as channel:
+            calls = []
+            for _ in range(150):
+                for method in methods:
+                    body = bytearray(valid[method.name])
+                    if rng.random() < 0.5 or not body:
+                        body = bytearray(rng.randbytes(rng.randrange(0, 48)))
+                    else:
+                        body[rng.randrange(len(body))] ^= 1 << rng.randrange(8)
+                    calls.append(one(channel, address, method, bytes(body)))
+            await asyncio.gather(*calls)
+    assert not bad, f"seed {seed}: {bad[:10]}"
 
 
 async def test_well_formed_bodies_still_work(docker_stack: LocalStack) -> None:
