@@ -29,6 +29,7 @@ from provider_kit.errors import error_info
 from provider_kit.server import SERVICE_NAME
 from provider_kit.watchdog import Watchdog
 from sandbox.v1 import sandbox_pb2 as pb
+from tests.client import Client, expect_error
 from tests.harness import ProviderHarness
 
 MALFORMED = b"\x0a\xff"  # field 1, length-delimited, length 0xff...: truncated varint
@@ -116,6 +117,19 @@ async def test_random_bodies_to_health_and_reflection(docker_stack: LocalStack) 
                     calls.append(one(channel, address, method, bytes(body)))
             await asyncio.gather(*calls)
     assert not bad, f"seed {seed}: {bad[:10]}"
+
+
+async def test_an_error_echoing_a_long_input_stays_readable(docker_rpc: Client) -> None:
+    """Found by the fuzz run: a 4 KiB path echoed in the message and in ErrorInfo made a 12 KiB status, over
+    grpcio's 8 KiB soft limit on trailers, above which the client refuses a growing share of statuses (it got
+    RESOURCE_EXHAUSTED instead of the answer). Messages are now cut at 1000 characters."""
+    sandbox = (await docker_rpc.create(spec=pb.SandboxSpec(network_mode="none"))).name
+    try:
+        long_path = "/tmp/" + "a" * 4000
+        err = await expect_error(docker_rpc.read_file(sandbox, long_path), grpc.StatusCode.NOT_FOUND, "FILE_NOT_FOUND")
+        assert (err.details() or "").startswith("/tmp/aaaa") and len(err.details() or "") <= 1003
+    finally:
+        await docker_rpc.delete(sandbox)
 
 
 async def test_well_formed_bodies_still_work(docker_stack: LocalStack) -> None:
