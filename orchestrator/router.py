@@ -59,7 +59,10 @@ class Provider:
                 health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=HEALTH_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as err:
-            return sandbox_pb2.ProviderStatus(name=self.name, ready=False, detail=f"unreachable ({err.code().name})")
+            # A provider whose event loop is stuck still accepts connections but answers nothing: its check
+            # times out. Once its loop runs again, its watchdog keeps it NOT_SERVING for a while.
+            what = "not answering" if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED else "unreachable"
+            return sandbox_pb2.ProviderStatus(name=self.name, ready=False, detail=f"{what} ({err.code().name})")
         ready = reply.status == health_pb2.HealthCheckResponse.SERVING
         detail = "" if ready else health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         return sandbox_pb2.ProviderStatus(name=self.name, ready=ready, detail=detail)

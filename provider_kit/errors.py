@@ -19,6 +19,14 @@ from grpc_status import rpc_status
 
 DOMAIN = "sandbox.platform"
 log = logging.getLogger(__name__)
+# A status travels in HTTP/2 trailers, which clients cap (grpcio: 8 KiB by default, and a status over the cap
+# reaches the client as RESOURCE_EXHAUSTED): a message or metadata value echoing a long input is cut.
+MAX_MESSAGE_CHARS = 1000
+MAX_METADATA_CHARS = 200
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class ApiError(Exception):
@@ -32,10 +40,12 @@ class ApiError(Exception):
         self.metadata = metadata
 
     def to_status(self) -> grpc.Status:
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        metadata = {key: _bounded(value, MAX_METADATA_CHARS) for key, value in self.metadata.items()}
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         detail = any_pb2.Any()
         detail.Pack(info)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        message = _bounded(self.message, MAX_MESSAGE_CHARS)
+        status = status_pb2.Status(code=self.code.value[0], message=message, details=[detail])
         result: grpc.Status = rpc_status.to_status(status)
         return result
 

@@ -84,11 +84,11 @@ async def write_file(driver: Driver, native_id: str, path: str, content: bytes, 
             "PARENT_NOT_WRITABLE", f"cannot create {path}: a parent is not a writable directory", path=path
         )
     # What the sandbox answers is its own business, not ours: an exit code or a size that is not the
-    # script's is a failure in that sandbox (a full disk, a replaced tool), never a server error.
+    # script's is a failure in that sandbox (its filesystem, a replaced tool), never a server error.
     size = result.stdout.strip()
     if result.code != 0 or not size.isdigit() or len(size) > 19:
         raise failed_precondition(
-            "FILE_WRITE_FAILED", f"writing {path} failed in the sandbox (exit code {result.code})"
+            "FILE_WRITE_FAILED", f"writing {path} failed inside the sandbox (exit code {result.code})", path=path
         )
     return int(size)
 
@@ -105,7 +105,7 @@ async def read_file(driver: Driver, native_id: str, path: str) -> AsyncIterator[
                     raise failed_precondition("NOT_A_REGULAR_FILE", f"{path} is not a regular file", path=path)
                 if item.code != 0:
                     raise failed_precondition(
-                        "FILE_READ_FAILED", f"reading {path} failed in the sandbox (exit code {item.code})"
+                        "FILE_READ_FAILED", f"reading {path} failed inside the sandbox (exit code {item.code})"
                     )
                 return
             if item.fd != 1:

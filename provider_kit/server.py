@@ -18,10 +18,12 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from provider_kit.driver import Driver
-from provider_kit.logs import setup_logging
+from provider_kit.logs import setup_logging, stop_logging
+from provider_kit.protocol import MalformedRequests
 from provider_kit.servicer import ProviderServicer
 from provider_kit.settings import ProviderSettings, ServerSettings
 from provider_kit.telemetry import server_interceptors, setup_telemetry, shutdown_telemetry
+from provider_kit.watchdog import Watchdog
 from sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,24 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
+class WatchedHealth(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_health has no types
+    """The health service, reading the watchdog on every Check of the named service: the status the server
+    last set may predate a stall it has only just come out of (the loop is answering this Check before the
+    watchdog's heartbeat had its turn to trigger a new set)."""
+
+    def __init__(self, watchdog: Watchdog) -> None:
+        super().__init__()
+        self._watchdog = watchdog
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service == SERVICE_NAME and not self._watchdog.healthy:
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
+        response: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        return response
+
+
 def _bind(server: grpc.aio.Server, settings: ServerSettings) -> int:
     if settings.tls_cert_file and settings.tls_key_file:
         ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
@@ -74,10 +94,37 @@ async def serve(
     """Runs a server until SIGTERM/SIGINT, then drains: health turns NOT_SERVING, new calls are refused,
     in-flight calls get settings.drain_seconds to finish."""
     setup_logging(settings.log_level)
+    try:
+        await _serve(name, settings, add_services, ready, background, on_stop)
+    finally:
+        # Last, whatever happened: writes out the queued log lines (a failure's above all).
+        stop_logging()
+
+
+async def _serve(
+    name: str,
+    settings: ServerSettings,
+    add_services: Callable[[grpc.aio.Server], None],
+    ready: Callable[[], Awaitable[bool]],
+    background: Callable[[], Coroutine[Any, Any, None]] | None,
+    on_stop: Callable[[], Awaitable[None]] | None,
+) -> None:
     setup_telemetry(name)
-    server = grpc.aio.server(interceptors=server_interceptors(), options=server_options(settings))
+    # MalformedRequests first: a body that does not parse must be refused before anything else looks at it.
+    server = grpc.aio.server(
+        interceptors=[MalformedRequests(), *server_interceptors()], options=server_options(settings)
+    )
     add_services(server)
-    health_servicer = health.aio.HealthServicer()
+    # Set when the readiness to report may have changed: a stop, or the watchdog's verdict flipping.
+    recheck = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    watchdog = Watchdog(
+        loop,
+        stall_seconds=settings.watchdog_stall_seconds,
+        hold_seconds=settings.watchdog_hold_seconds,
+        on_change=lambda healthy: recheck.set(),
+    )
+    health_servicer = WatchedHealth(watchdog)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
@@ -91,22 +138,30 @@ async def serve(
     log.info("listening", extra={"service": name, "address": f"{host}:{port}"})
 
     stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        stopping.set()
+        recheck.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, stop)
+    watchdog.start()
 
     async def track_readiness() -> None:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         while not stopping.is_set():
+            recheck.clear()
             try:
                 is_ready = await ready()
             except Exception:
                 log.exception("readiness check failed")
                 is_ready = False
+            # A server whose loop stalled lately is not ready either, whatever its backend says.
+            is_ready = is_ready and watchdog.healthy
             status = health_pb2.HealthCheckResponse.SERVING if is_ready else health_pb2.HealthCheckResponse.NOT_SERVING
             await health_servicer.set(SERVICE_NAME, status)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), READINESS_INTERVAL_SECONDS)
+                await asyncio.wait_for(recheck.wait(), READINESS_INTERVAL_SECONDS)
 
     tasks = [asyncio.create_task(track_readiness())]
     if background is not None:
@@ -120,6 +175,7 @@ async def serve(
     await asyncio.gather(*tasks, return_exceptions=True)
     if on_stop is not None:
         await on_stop()
+    watchdog.stop()
     shutdown_telemetry()
     log.info("stopped")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,10 @@ class ServerSettings(BaseSettings):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
+    # The event loop watchdog (provider_kit/watchdog.py): a loop that runs no callback for this long is
+    # stalled, and the server reports NOT_SERVING until hold seconds after the stall ended.
+    watchdog_stall_seconds: float = Field(default=3.0, gt=0)
+    watchdog_hold_seconds: float = Field(default=10.0, ge=0)
 
 
 class ProviderSettings(ServerSettings):
