@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
 import posixpath
 import socket
 import tarfile
@@ -36,11 +37,22 @@ from provider_kit.errors import ApiError, failed_precondition, invalid_argument,
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
 STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
 # The API version used until the engine's own is known (Docker 20.10 and newer speak it).
 FALLBACK_API_VERSION = "1.41"
+# The only capabilities a sandbox keeps (Docker's default set also has NET_RAW, MKNOD, SETFCAP, SETPCAP,
+# FSETID, NET_BIND_SERVICE, SYS_CHROOT and AUDIT_WRITE). Commands and the platform's scripts run as root and:
+#   SETUID, SETGID    switch to the agent user (runuser)
+#   CHOWN             give the checkout to the agent user
+#   DAC_OVERRIDE      read and write in directories the agent user owns (the checkout, its home)
+#   FOWNER            chmod and set times on files the agent user owns (git, file writes)
+#   KILL              signal the agent user's processes (cancel, timeout, the end of an execution)
+CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"]
+# How the engine refuses storage_opt where its storage cannot limit a container's size.
+STORAGE_OPT_UNSUPPORTED = "--storage-opt is supported only"
 
 
 class DockerDriver(Driver):
@@ -61,6 +73,8 @@ class DockerDriver(Driver):
         # SSLSocket drops TLS on shutdown. Such engines get WriteFile's bytes through the archive API instead.
         self.accepts_stdin = not str(self._api.base_url).startswith("https://")
         self._negotiated = settings.docker_api_version != "auto"
+        # Whether the engine limits a container's writable layer (storage_opt size): None until its first answer.
+        self.storage_opt_supported: bool | None = None
 
     def _negotiate(self) -> None:
         """Adopts the engine's API version the first time it answers (newer engines refuse old versions)."""
@@ -84,15 +98,16 @@ class DockerDriver(Driver):
                 raise
             raise mapped from exc
 
-    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec, tenant: str) -> sandbox_pb2.SandboxSpec:
         s = self._settings
+        modes = s.network_modes_for(tenant)
         out = sandbox_pb2.SandboxSpec()
         out.CopyFrom(spec)
         out.image = spec.image or s.docker_default_image
         out.milli_cpus = spec.milli_cpus or s.docker_default_milli_cpus
         out.memory_bytes = spec.memory_bytes or s.docker_default_memory_mb * 2**20
         out.pids_limit = spec.pids_limit or s.docker_default_pids_limit
-        out.network_mode = spec.network_mode or s.network_modes[0]
+        out.network_mode = spec.network_mode or (modes[0] if modes else "")
         limits = [
             ("spec.milli_cpus", out.milli_cpus, s.docker_max_milli_cpus),
             ("spec.memory_bytes", out.memory_bytes, s.docker_max_memory_mb * 2**20),
@@ -101,10 +116,17 @@ class DockerDriver(Driver):
         for field, value, maximum in limits:
             if value > maximum:
                 raise invalid_argument("LIMIT_EXCEEDED", f"{field} must be at most {maximum}", field=field)
-        if out.network_mode not in s.network_modes:
+        if out.network_mode not in modes:
+            # Host networking is granted per tenant by the operator: say so, or a client would think it a typo.
+            granted = " (host networking is granted per tenant with SANDBOX_DOCKER_HOST_NETWORK_TENANTS)"
             raise invalid_argument(
                 "NETWORK_MODE_NOT_ALLOWED",
-                f"spec.network_mode must be one of {', '.join(s.network_modes)}",
+                (
+                    f"spec.network_mode must be one of {', '.join(modes)} for this tenant"
+                    if modes
+                    else "no network mode is allowed for this tenant (SANDBOX_DOCKER_NETWORK_MODES)"
+                )
+                + (granted if out.network_mode == "host" else ""),
                 field="spec.network_mode",
             )
         if out.ports and out.network_mode == "none":
@@ -147,32 +169,8 @@ class DockerDriver(Driver):
         spec = new.spec
         subject = f"sandbox {name}"
         labels = records.encode(new, self._settings.docker_owner)
-        host_config = self._api.create_host_config(
-            init=True,  # reaps the detached processes of executions
-            nano_cpus=spec.milli_cpus * 1_000_000,
-            mem_limit=spec.memory_bytes,
-            pids_limit=spec.pids_limit,
-            network_mode=spec.network_mode,
-            binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
-            # Each port on an ephemeral port of the engine host (bridge mode; host mode shares the host's ports).
-            port_bindings={port: (self._settings.docker_publish_ip,) for port in spec.ports}
-            if spec.network_mode != "host"
-            else None,
-        )
         try:
-            await self._call(
-                subject,
-                self._api.create_container,
-                image=spec.image,
-                name=name,
-                labels=labels,
-                host_config=host_config,
-                ports=list(spec.ports) or None,
-                entrypoint=["sleep", "infinity"],
-                command=[],
-                environment=dict(spec.env),
-                detach=True,
-            )
+            await self._create_container(name, labels, spec)
         except Exception as exc:
             cause = exc.__cause__ or exc
             if isinstance(cause, docker.errors.ImageNotFound | docker.errors.NotFound):
@@ -197,6 +195,60 @@ class DockerDriver(Driver):
                 await self._call(subject, self._api.remove_container, name, force=True, v=True)
             raise
         return self._record(name, labels, "running", {})
+
+    async def _create_container(self, name: str, labels: dict[str, str], spec: sandbox_pb2.SandboxSpec) -> None:
+        def host_config(limit_disk: bool) -> dict[str, Any]:
+            config: dict[str, Any] = self._api.create_host_config(
+                init=True,  # reaps the detached processes of executions
+                nano_cpus=spec.milli_cpus * 1_000_000,
+                mem_limit=spec.memory_bytes,
+                pids_limit=spec.pids_limit,
+                network_mode=spec.network_mode,
+                cap_drop=["ALL"],
+                cap_add=CAPABILITIES,
+                # No setuid binary or file capability gives a process more than its parent had.
+                security_opt=["no-new-privileges"],
+                storage_opt={"size": f"{self._settings.docker_disk_limit_mb}M"} if limit_disk else None,
+                binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+                # Each port on an ephemeral port of the engine host (bridge mode; host mode shares the host's
+                # ports).
+                port_bindings={port: (self._settings.docker_publish_ip,) for port in spec.ports}
+                if spec.network_mode != "host"
+                else None,
+            )
+            return config
+
+        async def create(limit_disk: bool) -> None:
+            await self._call(
+                f"sandbox {name}",
+                self._api.create_container,
+                image=spec.image,
+                name=name,
+                labels=labels,
+                host_config=host_config(limit_disk),
+                ports=list(spec.ports) or None,
+                entrypoint=["sleep", "infinity"],
+                command=[],
+                environment=dict(spec.env),
+                detach=True,
+            )
+
+        if self.storage_opt_supported is False:
+            await create(limit_disk=False)
+            return
+        try:
+            await create(limit_disk=True)
+        except ApiError as err:
+            cause = err.__cause__
+            if not (isinstance(cause, docker.errors.APIError) and STORAGE_OPT_UNSUPPORTED in str(cause.explanation)):
+                raise
+            # This engine's storage cannot limit a container's size (overlay2 anywhere but on xfs with pquota): the disk
+            # watch enforces the limit instead (see enforce_disk_limit). Asked once per replica.
+            log.warning("the Docker engine cannot limit a container's disk; measuring sandboxes instead")
+            self.storage_opt_supported = False
+            await create(limit_disk=False)
+            return
+        self.storage_opt_supported = True
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a container whose name another request has reserved. The engine reserves the name before

@@ -115,7 +115,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         validation.request_id(request.request_id)
         labels = validation.labels(dict(request.labels))
         validation.spec(request.spec, max_ttl=self._settings.max_ttl_seconds)
-        spec = self._driver.apply_defaults(request.spec)
+        spec = self._driver.apply_defaults(request.spec, tenant)
         ttl = validation.seconds(request.spec.ttl, "spec.ttl", maximum=self._settings.max_ttl_seconds)
         setup, planned = (
             self._coding.plan_workspace(request.repository) if request.HasField("repository") else (None, None)
