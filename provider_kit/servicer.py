@@ -25,6 +25,7 @@ from provider_kit.errors import (
 from provider_kit.executions import Executions, timestamp
 from provider_kit.files import check_content, check_mode, read_file, write_file
 from provider_kit.names import ExecutionName, SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
+from provider_kit.quotas import admit_sandbox
 from provider_kit.settings import ProviderSettings
 from provider_kit.tasks import Tasks
 from provider_kit.telemetry import ACTIVE_SANDBOXES, SANDBOX_CREATE_SECONDS
@@ -138,6 +139,10 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
                 "REQUEST_ID_REUSED",
                 f"request_id {request.request_id!r} was already used for a different CreateSandbox request",
             )
+        # A retry that found the sandbox its request_id made was admitted then (records keep whole seconds: a
+        # retry within the same second is admitted again, which can only refuse, never exceed the quota).
+        if int(record.create_time.timestamp()) == int(new.create_time.timestamp()):
+            await admit_sandbox(self._driver, record, self._settings.max_sandboxes_per_tenant)
         if setup is not None:
             name = SandboxName(self._driver.name, record.native_id)
             try:

@@ -46,6 +46,9 @@ class ProviderSettings(ServerSettings):
     # Plain-HTTP and file:// repository URLs are refused unless enabled (tests and local demos use them).
     git_allow_http: bool = False
     git_allow_file_urls: bool = False
+    # Per-tenant quota: the most sandboxes a tenant may have at once (0: no limit), counted from the provider's
+    # own records on every create (provider_kit/quotas.py).
+    max_sandboxes_per_tenant: int = 50
 
 
 def check_provider_token(value: SecretStr) -> SecretStr:
