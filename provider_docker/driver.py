@@ -75,6 +75,10 @@ class DockerDriver(Driver):
         self._negotiated = settings.docker_api_version != "auto"
         # Whether the engine limits a container's writable layer (storage_opt size): None until its first answer.
         self.storage_opt_supported: bool | None = None
+        self._disk_watch: asyncio.Task[None] | None = None
+        # This replica's open process streams by sandbox, each with how to end it with an error (a frozen
+        # sandbox never ends them itself). Only to release this replica's own connections.
+        self._streams: dict[str, dict[str, Callable[[ApiError], None]]] = {}
 
     def _negotiate(self) -> None:
         """Adopts the engine's API version the first time it answers (newer engines refuse old versions)."""
@@ -93,6 +97,9 @@ class DockerDriver(Driver):
         try:
             return await loop.run_in_executor(self._pool, call)
         except Exception as exc:
+            if isinstance(exc, docker.errors.APIError) and exc.status_code == 409 and "paused" in str(exc.explanation):
+                # Only the disk watch pauses sandboxes (see enforce_disk_limit).
+                raise self._over_disk_limit(subject) from exc
             mapped = map_docker_error(exc, subject)
             if mapped is None:
                 raise
@@ -307,13 +314,72 @@ class DockerDriver(Driver):
             await self.delete(name)
         return len(expired)
 
+    def _over_disk_limit(self, subject: str) -> ApiError:
+        return failed_precondition(
+            "DISK_QUOTA_EXCEEDED",
+            f"{subject} was frozen: its files grew past the disk limit of {self._settings.docker_disk_limit_mb} MiB; "
+            "delete it",
+        )
+
+    async def enforce_disk_limit(self) -> list[str]:
+        """Pauses every running sandbox whose writable layer holds more than the disk limit; returns their names.
+
+        For engines whose storage cannot limit a container's size (storage_opt). Paused, a sandbox stops
+        writing at once, and nothing inside it can undo that (the engine's freezer does it from outside): its
+        commands fail with DISK_QUOTA_EXCEEDED and GetSandbox says STOPPED until the tenant deletes it or it
+        expires. The engine measures each container's files (SizeRw), which costs a walk of its writable layer.
+        """
+        limit = self._settings.docker_disk_limit_mb * 2**20
+        running = await self._call(
+            "sandboxes",
+            self._api.containers,
+            size=True,
+            filters={"label": [f"{records.OWNER_KEY}={self._settings.docker_owner}"], "status": "running"},
+        )
+        over = [c["Names"][0].lstrip("/") for c in running if (c.get("SizeRw") or 0) > limit]
+        for name in over:
+            try:
+                await self._call(f"sandbox {name}", self._api.pause, name)
+            except ApiError as err:  # gone or paused meanwhile, or by another replica
+                if err.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise
+            log.warning("sandbox over its disk limit paused", extra={"sandbox": name, "limit_mb": limit >> 20})
+        return over
+
+    async def _end_frozen_streams(self) -> None:
+        """Ends this replica's streams into frozen sandboxes (whichever replica froze them): their processes will
+        not write or exit again, so the streams would otherwise wait until the sandbox is deleted."""
+        if not self._streams:
+            return
+        for container in await self._managed():
+            if container["State"] != "paused":
+                continue
+            name = container["Names"][0].lstrip("/")
+            for end in list(self._streams.get(name, {}).values()):
+                end(self._over_disk_limit(f"sandbox {name}"))
+
+    async def _watch_disk(self) -> None:
+        while True:
+            if self.storage_opt_supported is not True:  # the engine does not limit sizes itself, or not known yet
+                try:
+                    await self.enforce_disk_limit()
+                    await self._end_frozen_streams()
+                except Exception:
+                    log.exception("disk watch failed")
+            await asyncio.sleep(self._settings.docker_disk_check_seconds)
+
     async def ready(self) -> bool:
+        # The server asks for readiness from its start on, on its event loop: the disk watch starts with it.
+        if self._disk_watch is None and self._settings.docker_disk_check_seconds > 0:
+            self._disk_watch = asyncio.get_running_loop().create_task(self._watch_disk())
         try:
             return bool(await self._call("engine", self._api.ping))
         except Exception:
             return False
 
     async def close(self) -> None:
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
@@ -389,7 +455,12 @@ class DockerDriver(Driver):
             except BaseException as exc:
                 deliver(exc)
 
+        def end(error: ApiError) -> None:
+            stop.set()
+            deliver(error)
+
         threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()
+        self._streams.setdefault(native_id, {})[exec_id] = end
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
@@ -400,6 +471,10 @@ class DockerDriver(Driver):
             code = (await self._call(subject, self._api.exec_inspect, exec_id))["ExitCode"]
             yield Exit(code if code is not None else 255)
         finally:
+            streams = self._streams.get(native_id, {})
+            streams.pop(exec_id, None)
+            if not streams:
+                self._streams.pop(native_id, None)
             stop.set()
             # Unblocks the reader thread and releases the connection. The process keeps running (the engine does
             # not end an exec whose stream closed): the kit stops an abandoned follower itself.

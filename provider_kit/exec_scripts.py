@@ -35,9 +35,12 @@ timeout -k 10 "$t" sh -c '"$@" </dev/null >>"$0.out" 2>>"$0.err"; echo $? >"$0.r
 g=$!
 echo $g > "$d.pid"
 wait $g; code=$?
-# Whatever the command left behind (background jobs, daemons, a fork bomb) ends with it: timeout leads a
-# process group of its own, killed until empty before the status says the execution is over. Only builtins
-# here: a fork bomb may have taken every pid the sandbox has left.
+# Whatever the command left behind (background jobs, nohup, a fork bomb) ends with it: timeout leads a
+# process group of its own, killed until empty before the status says the execution is over. A server meant
+# to outlive its command leaves the group with setsid; the short wait lets a `setsid server &` that the
+# command started just before it ended get there. Builtins but that sleep: a fork bomb may have taken every
+# pid the sandbox has left (then sleep fails at once, and the kill comes at once).
+if kill -0 -$g 2>/dev/null; then sleep 0.25 2>/dev/null; fi
 n=0
 while kill -0 -$g 2>/dev/null && [ $n -lt 500 ]; do kill -KILL -$g 2>/dev/null; n=$((n + 1)); done
 if read -r rc < "$d.rc" 2>/dev/null; then fin "exited $rc"; fi

@@ -182,7 +182,7 @@ async def test_a_fork_bomb_dies_with_its_execution(docker_rpc: Client) -> None:
 
 async def test_background_processes_end_with_their_execution(docker_rpc: Client, host_sandbox: str) -> None:
     # The count sees what is there: a server detached on purpose (setsid) leaves the group, and stays.
-    await docker_rpc.run(host_sandbox, ["sh", "-c", "setsid sleep 999 >/dev/null 2>&1 &"])
+    await docker_rpc.run(host_sandbox, ["sh", "-c", "setsid nohup sleep 999 >/dev/null 2>&1 &"])
     assert await _count_processes(docker_rpc, host_sandbox, "^sleep 999$") == 1
     # A plain background job, and one that ignores SIGTERM; both were left running before.
     script = "sleep 1000 & (trap '' TERM; exec sleep 1001) & echo started"

@@ -81,3 +81,54 @@ async def test_sandbox_quota_per_tenant_across_replicas(
         await first.close()
         await second.close()
         stack.stop()
+
+
+async def test_a_sandbox_that_fills_its_disk_is_frozen(
+    make_stack: Callable[..., LocalStack],
+    harnesses: Callable[[str], ProviderHarness],
+    docker_client: docker.DockerClient,
+) -> None:
+    # This engine stores containers on overlay2 over ext4, which cannot limit a container's size: the
+    # provider measures sandboxes (here every second) and freezes those over the limit.
+    docker_harness = harnesses("docker")
+    stack = make_stack(docker_harness, SANDBOX_DOCKER_DISK_LIMIT_MB="64", SANDBOX_DOCKER_DISK_CHECK_SECONDS="1")
+    client = Client(stack.address, stack.client_token, spec=SPEC)
+    try:
+        small, big = await client.create(), await client.create()
+        try:
+            write = "head -c {0}M /dev/zero > /var/tmp/fill && sync && echo wrote {0}"
+            assert bytes((await client.run(small.name, ["sh", "-c", write.format(16)])).stdout) == b"wrote 16\n"
+            # Within seconds the big one is frozen, mid-write or after: its commands say why (the one that was
+            # writing too: its stream ends), and it no longer runs.
+            deadline = asyncio.get_running_loop().time() + 20
+            argv = ["sh", "-c", write.format(100)]
+            while True:
+                try:
+                    await asyncio.wait_for(client.run(big.name, argv), 20)
+                    argv = ["true"]
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+                    info = error_info(err)
+                    assert info is not None and info.reason == "DISK_QUOTA_EXCEEDED", info
+                    assert "64 MiB" in (err.details() or "")
+                    break
+                assert asyncio.get_running_loop().time() < deadline, "the sandbox over its disk limit still runs"
+                await asyncio.sleep(0.5)
+            assert (await client.get(big.name)).state == pb.Sandbox.STATE_STOPPED
+            assert docker_client.containers.get(big.name.rsplit("/", 1)[1]).status == "paused"
+            # Nothing more lands in it, and the sandbox under the limit is untouched.
+            await expect_error(
+                client.write_file(big.name, "/var/tmp/more", b"x" * 1024),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "DISK_QUOTA_EXCEEDED",
+            )
+            assert (await client.get(small.name)).state == pb.Sandbox.STATE_RUNNING
+            assert bytes((await client.run(small.name, ["echo", "ok"])).stdout) == b"ok\n"
+        finally:
+            # A frozen sandbox can still be deleted.
+            await client.delete(big.name)
+            await client.delete(small.name)
+        await expect_error(client.get(big.name), grpc.StatusCode.NOT_FOUND, "SANDBOX_NOT_FOUND")
+    finally:
+        await client.close()
+        stack.stop()
