@@ -113,7 +113,13 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             for i in range(self.providers):
-                env = {"SANDBOX_PROVIDER_TOKEN": self.provider_token, **self.provider_env}
+                env = {
+                    "SANDBOX_PROVIDER_TOKEN": self.provider_token,
+                    # A stack on one's own machine: its own tenant may ask for host networking (the demo's
+                    # sandboxes reach a repository served on loopback); provider_env may say otherwise.
+                    "SANDBOX_DOCKER_HOST_NETWORK_TENANTS": self.tenant,
+                    **self.provider_env,
+                }
                 log = self._log(f"{self.provider_name}-{i}")
                 self.provider_processes.append(ServerProcess(self.provider_module, env, log).start())
             target = "ipv4:" + ",".join(p.address for p in self.provider_processes)
