@@ -118,6 +118,9 @@ class LocalStack:
                 env = {
                     "SANDBOX_PROVIDER_TOKEN": self.provider_token,
                     "SANDBOX_STATE_KEYS": self.state_keys,
+                    # A stack on one's own machine: its own tenant may ask for host networking (the demo's
+                    # sandboxes reach a repository served on loopback); provider_env may say otherwise.
+                    "SANDBOX_DOCKER_HOST_NETWORK_TENANTS": self.tenant,
                     **self.provider_env,
                 }
                 log = self._log(f"{self.provider_name}-{i}")

@@ -143,7 +143,7 @@ class DaytonaDriver(Driver):
             await asyncio.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec, tenant: str) -> sandbox_pb2.SandboxSpec:
         s = self._settings
         if spec.network_mode not in NETWORK_MODES:
             raise invalid_argument(

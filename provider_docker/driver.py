@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import logging
 import posixpath
 import re
 import socket
@@ -37,6 +38,7 @@ from provider_kit.errors import ApiError, failed_precondition, invalid_argument,
 from sandbox.v1 import sandbox_pb2
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # How many output chunks a stream's reader thread may get ahead of the gRPC consumer.
 STREAM_BUFFER_CHUNKS = 64
 RESERVED_NAME_ATTEMPTS = 50
@@ -46,6 +48,16 @@ FALLBACK_API_VERSION = "1.41"
 # prefix as readily as a name, so nothing else is ever passed to it: "sbx-" is not hex, so such a name can
 # never be read as somebody else's id prefix.
 NATIVE_ID = re.compile(r"sbx-[0-9a-f]{20}")
+# The only capabilities a sandbox keeps (Docker's default set also has NET_RAW, MKNOD, SETFCAP, SETPCAP,
+# FSETID, NET_BIND_SERVICE, SYS_CHROOT and AUDIT_WRITE). Commands and the platform's scripts run as root and:
+#   SETUID, SETGID    switch to the agent user (runuser)
+#   CHOWN             give the checkout to the agent user
+#   DAC_OVERRIDE      read and write in directories the agent user owns (the checkout, its home)
+#   FOWNER            chmod and set times on files the agent user owns (git, file writes)
+#   KILL              signal the agent user's processes (cancel, timeout, the end of an execution)
+CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"]
+# How the engine refuses storage_opt where its storage cannot limit a container's size.
+STORAGE_OPT_UNSUPPORTED = "--storage-opt is supported only"
 
 
 class DockerDriver(Driver):
@@ -66,6 +78,12 @@ class DockerDriver(Driver):
         # SSLSocket drops TLS on shutdown. Such engines get WriteFile's bytes through the archive API instead.
         self.accepts_stdin = not str(self._api.base_url).startswith("https://")
         self._negotiated = settings.docker_api_version != "auto"
+        # Whether the engine limits a container's writable layer (storage_opt size): None until its first answer.
+        self.storage_opt_supported: bool | None = None
+        self._disk_watch: asyncio.Task[None] | None = None
+        # This replica's open process streams by sandbox, each with how to end it with an error (a frozen
+        # sandbox never ends them itself). Only to release this replica's own connections.
+        self._streams: dict[str, dict[str, Callable[[ApiError], None]]] = {}
 
     def _negotiate(self) -> None:
         """Adopts the engine's API version the first time it answers (newer engines refuse old versions)."""
@@ -84,20 +102,24 @@ class DockerDriver(Driver):
         try:
             return await loop.run_in_executor(self._pool, call)
         except Exception as exc:
+            if isinstance(exc, docker.errors.APIError) and exc.status_code == 409 and "paused" in str(exc.explanation):
+                # Only the disk watch pauses sandboxes (see enforce_disk_limit).
+                raise self._over_disk_limit(subject) from exc
             mapped = map_docker_error(exc, subject)
             if mapped is None:
                 raise
             raise mapped from exc
 
-    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec, tenant: str) -> sandbox_pb2.SandboxSpec:
         s = self._settings
+        modes = s.network_modes_for(tenant)
         out = sandbox_pb2.SandboxSpec()
         out.CopyFrom(spec)
         out.image = spec.image or s.docker_default_image
         out.milli_cpus = spec.milli_cpus or s.docker_default_milli_cpus
         out.memory_bytes = spec.memory_bytes or s.docker_default_memory_mb * 2**20
         out.pids_limit = spec.pids_limit or s.docker_default_pids_limit
-        out.network_mode = spec.network_mode or s.network_modes[0]
+        out.network_mode = spec.network_mode or (modes[0] if modes else "")
         limits = [
             ("spec.milli_cpus", out.milli_cpus, s.docker_max_milli_cpus),
             ("spec.memory_bytes", out.memory_bytes, s.docker_max_memory_mb * 2**20),
@@ -106,10 +128,17 @@ class DockerDriver(Driver):
         for field, value, maximum in limits:
             if value > maximum:
                 raise invalid_argument("LIMIT_EXCEEDED", f"{field} must be at most {maximum}", field=field)
-        if out.network_mode not in s.network_modes:
+        if out.network_mode not in modes:
+            # Host networking is granted per tenant by the operator: say so, or a client would think it a typo.
+            granted = " (host networking is granted per tenant with SANDBOX_DOCKER_HOST_NETWORK_TENANTS)"
             raise invalid_argument(
                 "NETWORK_MODE_NOT_ALLOWED",
-                f"spec.network_mode must be one of {', '.join(s.network_modes)}",
+                (
+                    f"spec.network_mode must be one of {', '.join(modes)} for this tenant"
+                    if modes
+                    else "no network mode is allowed for this tenant (SANDBOX_DOCKER_NETWORK_MODES)"
+                )
+                + (granted if out.network_mode == "host" else ""),
                 field="spec.network_mode",
             )
         if out.ports and out.network_mode == "none":
@@ -152,32 +181,8 @@ class DockerDriver(Driver):
         spec = new.spec
         subject = f"sandbox {name}"
         labels = records.encode(new, self._settings.docker_owner)
-        host_config = self._api.create_host_config(
-            init=True,  # reaps the detached processes of executions
-            nano_cpus=spec.milli_cpus * 1_000_000,
-            mem_limit=spec.memory_bytes,
-            pids_limit=spec.pids_limit,
-            network_mode=spec.network_mode,
-            binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
-            # Each port on an ephemeral port of the engine host (bridge mode; host mode shares the host's ports).
-            port_bindings={port: (self._settings.docker_publish_ip,) for port in spec.ports}
-            if spec.network_mode != "host"
-            else None,
-        )
         try:
-            await self._call(
-                subject,
-                self._api.create_container,
-                image=spec.image,
-                name=name,
-                labels=labels,
-                host_config=host_config,
-                ports=list(spec.ports) or None,
-                entrypoint=["sleep", "infinity"],
-                command=[],
-                environment=dict(spec.env),
-                detach=True,
-            )
+            await self._create_container(name, labels, spec)
         except Exception as exc:
             cause = exc.__cause__ or exc
             if isinstance(cause, docker.errors.ImageNotFound | docker.errors.NotFound):
@@ -210,6 +215,60 @@ class DockerDriver(Driver):
         if not NATIVE_ID.fullmatch(native_id):
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         return native_id
+
+    async def _create_container(self, name: str, labels: dict[str, str], spec: sandbox_pb2.SandboxSpec) -> None:
+        def host_config(limit_disk: bool) -> dict[str, Any]:
+            config: dict[str, Any] = self._api.create_host_config(
+                init=True,  # reaps the detached processes of executions
+                nano_cpus=spec.milli_cpus * 1_000_000,
+                mem_limit=spec.memory_bytes,
+                pids_limit=spec.pids_limit,
+                network_mode=spec.network_mode,
+                cap_drop=["ALL"],
+                cap_add=CAPABILITIES,
+                # No setuid binary or file capability gives a process more than its parent had.
+                security_opt=["no-new-privileges"],
+                storage_opt={"size": f"{self._settings.docker_disk_limit_mb}M"} if limit_disk else None,
+                binds={m.source: {"bind": m.target, "mode": "ro"} for m in spec.mounts},
+                # Each port on an ephemeral port of the engine host (bridge mode; host mode shares the host's
+                # ports).
+                port_bindings={port: (self._settings.docker_publish_ip,) for port in spec.ports}
+                if spec.network_mode != "host"
+                else None,
+            )
+            return config
+
+        async def create(limit_disk: bool) -> None:
+            await self._call(
+                f"sandbox {name}",
+                self._api.create_container,
+                image=spec.image,
+                name=name,
+                labels=labels,
+                host_config=host_config(limit_disk),
+                ports=list(spec.ports) or None,
+                entrypoint=["sleep", "infinity"],
+                command=[],
+                environment=dict(spec.env),
+                detach=True,
+            )
+
+        if self.storage_opt_supported is False:
+            await create(limit_disk=False)
+            return
+        try:
+            await create(limit_disk=True)
+        except ApiError as err:
+            cause = err.__cause__
+            if not (isinstance(cause, docker.errors.APIError) and STORAGE_OPT_UNSUPPORTED in str(cause.explanation)):
+                raise
+            # This engine's storage cannot limit a container's size (overlay2 anywhere but on xfs with pquota): the disk
+            # watch enforces the limit instead (see enforce_disk_limit). Asked once per replica.
+            log.warning("the Docker engine cannot limit a container's disk; measuring sandboxes instead")
+            self.storage_opt_supported = False
+            await create(limit_disk=False)
+            return
+        self.storage_opt_supported = True
 
     async def _get_reserved(self, name: str) -> SandboxRecord:
         """Reads a container whose name another request has reserved. The engine reserves the name before
@@ -273,13 +332,72 @@ class DockerDriver(Driver):
             await self.delete(name)
         return len(expired)
 
+    def _over_disk_limit(self, subject: str) -> ApiError:
+        return failed_precondition(
+            "DISK_QUOTA_EXCEEDED",
+            f"{subject} was frozen: its files grew past the disk limit of {self._settings.docker_disk_limit_mb} MiB; "
+            "delete it",
+        )
+
+    async def enforce_disk_limit(self) -> list[str]:
+        """Pauses every running sandbox whose writable layer holds more than the disk limit; returns their names.
+
+        For engines whose storage cannot limit a container's size (storage_opt). Paused, a sandbox stops
+        writing at once, and nothing inside it can undo that (the engine's freezer does it from outside): its
+        commands fail with DISK_QUOTA_EXCEEDED and GetSandbox says STOPPED until the tenant deletes it or it
+        expires. The engine measures each container's files (SizeRw), which costs a walk of its writable layer.
+        """
+        limit = self._settings.docker_disk_limit_mb * 2**20
+        running = await self._call(
+            "sandboxes",
+            self._api.containers,
+            size=True,
+            filters={"label": [f"{records.OWNER_KEY}={self._settings.docker_owner}"], "status": "running"},
+        )
+        over = [c["Names"][0].lstrip("/") for c in running if (c.get("SizeRw") or 0) > limit]
+        for name in over:
+            try:
+                await self._call(f"sandbox {name}", self._api.pause, name)
+            except ApiError as err:  # gone or paused meanwhile, or by another replica
+                if err.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise
+            log.warning("sandbox over its disk limit paused", extra={"sandbox": name, "limit_mb": limit >> 20})
+        return over
+
+    async def _end_frozen_streams(self) -> None:
+        """Ends this replica's streams into frozen sandboxes (whichever replica froze them): their processes will
+        not write or exit again, so the streams would otherwise wait until the sandbox is deleted."""
+        if not self._streams:
+            return
+        for container in await self._managed():
+            if container["State"] != "paused":
+                continue
+            name = container["Names"][0].lstrip("/")
+            for end in list(self._streams.get(name, {}).values()):
+                end(self._over_disk_limit(f"sandbox {name}"))
+
+    async def _watch_disk(self) -> None:
+        while True:
+            if self.storage_opt_supported is not True:  # the engine does not limit sizes itself, or not known yet
+                try:
+                    await self.enforce_disk_limit()
+                    await self._end_frozen_streams()
+                except Exception:
+                    log.exception("disk watch failed")
+            await asyncio.sleep(self._settings.docker_disk_check_seconds)
+
     async def ready(self) -> bool:
+        # The server asks for readiness from its start on, on its event loop: the disk watch starts with it.
+        if self._disk_watch is None and self._settings.docker_disk_check_seconds > 0:
+            self._disk_watch = asyncio.get_running_loop().create_task(self._watch_disk())
         try:
             return bool(await self._call("engine", self._api.ping))
         except Exception:
             return False
 
     async def close(self) -> None:
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._api.close()
 
@@ -365,7 +483,12 @@ class DockerDriver(Driver):
             except BaseException as exc:
                 deliver(exc)
 
+        def end(error: ApiError) -> None:
+            stop.set()
+            deliver(error)
+
         threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()
+        self._streams.setdefault(native_id, {})[exec_id] = end
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
@@ -376,6 +499,10 @@ class DockerDriver(Driver):
             code = (await self._call(subject, self._api.exec_inspect, exec_id))["ExitCode"]
             yield Exit(code if code is not None else 255)
         finally:
+            streams = self._streams.get(native_id, {})
+            streams.pop(exec_id, None)
+            if not streams:
+                self._streams.pop(native_id, None)
             stop.set()
             # Unblocks the reader thread and releases the connection. The process keeps running (the engine does
             # not end an exec whose stream closed): the kit stops an abandoned follower itself.

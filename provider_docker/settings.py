@@ -20,8 +20,18 @@ class DockerSettings(ProviderSettings):
     docker_max_memory_mb: int = 8192
     docker_default_pids_limit: int = 1024
     docker_max_pids_limit: int = 8192
-    # Allowed network modes, comma-separated; the first is the default.
-    docker_network_modes: str = "bridge,none,host"
+    # Network modes every tenant may ask for, comma-separated; the first a tenant may use is its default.
+    docker_network_modes: str = "bridge,none"
+    # Tenants that may also ask for host networking, comma-separated (`*`: every tenant). Never a tenant's own
+    # choice: a host-network sandbox shares the engine host's interfaces and reaches every port on its
+    # loopback (this platform's own servers included). "host" in docker_network_modes only sets where it
+    # comes in those tenants' default order.
+    docker_host_network_tenants: str = ""
+    # The most a sandbox's writable layer (its whole filesystem but read-only mounts) may hold. Set with the
+    # engine's storage_opt where its storage supports it (overlay2 on xfs with pquota); elsewhere the provider
+    # measures each sandbox every docker_disk_check_seconds and freezes (pauses) one that is over.
+    docker_disk_limit_mb: int = 10240
+    docker_disk_check_seconds: float = 15.0
     # Host paths a request may mount read-only, comma-separated (e.g. /etc/ssl/certs/ca-certificates.crt).
     docker_allowed_mounts: str = ""
     # Where clients reach the sandboxes' spec.ports: the engine host's address that bridge-mode ports are
@@ -35,6 +45,13 @@ class DockerSettings(ProviderSettings):
     @property
     def network_modes(self) -> list[str]:
         return split_list(self.docker_network_modes)
+
+    def network_modes_for(self, tenant: str) -> list[str]:
+        """The network modes tenant may ask for, its default first."""
+        hosts = split_list(self.docker_host_network_tenants)
+        allowed = "*" in hosts or tenant in hosts
+        modes = [mode for mode in self.network_modes if mode != "host" or allowed]
+        return [*modes, "host"] if allowed and "host" not in modes else modes
 
     @property
     def allowed_mounts(self) -> set[str]:

@@ -76,7 +76,7 @@ class E2BDriver(Driver):
                 raise
             raise mapped from exc
 
-    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec, tenant: str) -> sandbox_pb2.SandboxSpec:
         out = sandbox_pb2.SandboxSpec()
         out.CopyFrom(spec)
         out.image = spec.image or self._settings.e2b_default_template

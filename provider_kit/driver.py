@@ -77,8 +77,9 @@ class Driver(abc.ABC):
     #: The provider's name in resource names, such as "docker".
     name: str
 
-    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
-        """Fills unset fields with the operator's defaults and rejects values beyond the operator's limits."""
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec, tenant: str) -> sandbox_pb2.SandboxSpec:
+        """Fills unset fields with the operator's defaults and rejects values beyond the operator's limits,
+        some of which the operator sets per tenant (such as who may have host networking)."""
         return spec
 
     @abc.abstractmethod

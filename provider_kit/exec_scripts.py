@@ -7,7 +7,8 @@ can re-attach to it and nothing depends on the stream that started it:
 
   {id}.out / {id}.err   the command's stdout and stderr, appended as written (offsets are byte positions)
   {id}.runner           pid of the runner (a session leader, so a dropped exec does not take it down)
-  {id}.pid              pid of `timeout`, which owns the command's process group (cancel signals it)
+  {id}.pid              pid of `timeout`, which leads the command's process group (cancel signals it; the
+                        runner kills what is left of the group when the command ends)
   {id}.rc               the command's own exit code, written only if it exited by itself
   {id}.cancel           marker left by CancelExecution
   {id}.status           the outcome, written last: "exited N", "timed_out", "cancelled" or "killed N"
@@ -31,8 +32,17 @@ fin() { echo "$1" > "$d.status"; exit 0; }
 [ -e "$d.cancel" ] && fin cancelled
 if [ -n "$w" ]; then cd -- "$w" 2>>"$d.err" || fin "exited 126"; fi
 timeout -k 10 "$t" sh -c '"$@" </dev/null >>"$0.out" 2>>"$0.err"; echo $? >"$0.rc"' "$d" "$@" &
-echo $! > "$d.pid"
-wait $!; code=$?
+g=$!
+echo $g > "$d.pid"
+wait $g; code=$?
+# Whatever the command left behind (background jobs, nohup, a fork bomb) ends with it: timeout leads a
+# process group of its own, killed until empty before the status says the execution is over. A server meant
+# to outlive its command leaves the group with setsid; the short wait lets a `setsid server &` that the
+# command started just before it ended get there. Builtins but that sleep: a fork bomb may have taken every
+# pid the sandbox has left (then sleep fails at once, and the kill comes at once).
+if kill -0 -$g 2>/dev/null; then sleep 0.25 2>/dev/null; fi
+n=0
+while kill -0 -$g 2>/dev/null && [ $n -lt 500 ]; do kill -KILL -$g 2>/dev/null; n=$((n + 1)); done
 if read -r rc < "$d.rc" 2>/dev/null; then fin "exited $rc"; fi
 [ -e "$d.cancel" ] && fin cancelled
 case $code in 124|137) fin timed_out;; esac

@@ -24,6 +24,7 @@ from provider_kit.errors import (
 from provider_kit.executions import Executions, timestamp
 from provider_kit.files import check_content, check_mode, read_file, write_file
 from provider_kit.names import ExecutionName, SandboxName, parse_execution_name, parse_parent, parse_sandbox_name
+from provider_kit.quotas import admit_sandbox
 from provider_kit.sealed import Sealer
 from provider_kit.settings import ProviderSettings
 from provider_kit.tasks import Tasks
@@ -116,7 +117,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         validation.request_id(request.request_id)
         labels = validation.labels(dict(request.labels))
         validation.spec(request.spec, max_ttl=self._settings.max_ttl_seconds)
-        spec = self._driver.apply_defaults(request.spec)
+        spec = self._driver.apply_defaults(request.spec, tenant)
         ttl = validation.seconds(request.spec.ttl, "spec.ttl", maximum=self._settings.max_ttl_seconds)
         setup, planned = (
             self._coding.plan_workspace(request.repository) if request.HasField("repository") else (None, None)
@@ -139,6 +140,10 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
                 "REQUEST_ID_REUSED",
                 f"request_id {request.request_id!r} was already used for a different CreateSandbox request",
             )
+        # A retry that found the sandbox its request_id made was admitted then (records keep whole seconds: a
+        # retry within the same second is admitted again, which can only refuse, never exceed the quota).
+        if int(record.create_time.timestamp()) == int(new.create_time.timestamp()):
+            await admit_sandbox(self._driver, record, self._settings.max_sandboxes_per_tenant)
         if setup is not None:
             name = SandboxName(self._driver.name, record.native_id)
             try:

@@ -50,6 +50,9 @@ class ProviderSettings(ServerSettings):
     # Plain-HTTP and file:// repository URLs are refused unless enabled (tests and local demos use them).
     git_allow_http: bool = False
     git_allow_file_urls: bool = False
+    # Per-tenant quota: the most sandboxes a tenant may have at once (0: no limit), counted from the provider's
+    # own records on every create (provider_kit/quotas.py).
+    max_sandboxes_per_tenant: int = 50
 
     # The keys that seal platform state kept inside sandboxes (provider_kit/sealed.py): the same on every
     # provider replica, held by nothing else. Comma-separated: the first seals, all open, so a key rotates

@@ -161,7 +161,7 @@ class VercelDriver(Driver):
 
     # -- spec ----------------------------------------------------------------------------------------------
 
-    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec) -> sandbox_pb2.SandboxSpec:
+    def apply_defaults(self, spec: sandbox_pb2.SandboxSpec, tenant: str) -> sandbox_pb2.SandboxSpec:
         s = self._settings
         out = sandbox_pb2.SandboxSpec()
         out.CopyFrom(spec)

@@ -73,7 +73,13 @@ class DockerHarness(ProviderHarness):
     module = "provider_docker"
 
     def provider_env(self) -> dict[str, str]:
-        return {"SANDBOX_DOCKER_OWNER": self.owner, "SANDBOX_DOCKER_NETWORK_MODES": "host,none"}
+        return {
+            "SANDBOX_DOCKER_OWNER": self.owner,
+            "SANDBOX_DOCKER_NETWORK_MODES": "host,none",
+            # Test sandboxes reach the loopback git servers and model endpoints through host networking; only
+            # the tenants of the shared stacks get it (the LocalStack's own and tests/conftest.py's second).
+            "SANDBOX_DOCKER_HOST_NETWORK_TENANTS": "local,other-tenant",
+        }
 
 
 # Cloud providers run against local emulators of their APIs; each one's harness lives with its emulator and
