@@ -25,6 +25,8 @@ BASE_DIR = "/tmp/.sandbox-executions"
 
 # Exit code of the follower/probe when the execution does not exist.
 NOT_FOUND_EXIT = 254
+# Exit code of start/spawn when the sandbox already runs its maximum of executions (nothing was started).
+QUOTA_EXIT = 253
 
 RUNNER = r"""
 d=$1 t=$2 w=$3; shift 3
@@ -88,16 +90,28 @@ probe() {
 case $mode in start|spawn|stop) ;; *) [ -e "$d.out" ] || exit 254 ;; esac
 case $mode in
 start|spawn)
-  t=$1 w=$2 r=$3; shift 3
+  t=$1 w=$2 r=$3 m=$4; shift 4
   [ -d "$b" ] || mkdir -p -m 1777 "$b" || exit 255
+  # One start at a time counts and starts, so concurrent starts cannot all pass the count (the lock is
+  # released once the runner is recorded; the runner itself never holds it).
+  exec 8>>"$b/.start.lock" && flock -w 10 8 || exit 255
   if [ "$mode" = spawn ]; then
     # Idempotent: creating the output file atomically decides which caller starts the execution.
     (set -C; : > "$d.out") 2>/dev/null || exit 0
   fi
+  if [ "$m" -gt 0 ]; then
+    n=0
+    for f in "$b"/*.runner; do
+      [ -e "$f" ] && [ ! -e "${f%.runner}.status" ] || continue
+      read -r p < "$f" 2>/dev/null && kill -0 "$p" 2>/dev/null && n=$((n + 1))
+    done
+    if [ "$n" -ge "$m" ]; then rm -f "$d.out"; exit 253; fi
+  fi
   : > "$d.out" && : > "$d.err" || exit 255
-  setsid sh -c "$r" sandbox-runner "$d" "$t" "$w" "$@" </dev/null >/dev/null 2>&1 &
+  setsid sh -c "$r" sandbox-runner "$d" "$t" "$w" "$@" </dev/null >/dev/null 2>&1 8>&- &
   p=$!
   echo "$p" > "$d.runner"
+  exec 8>&-
   [ "$mode" = spawn ] && exit 0
   sleep 0.02 & s=$!
   wait -n "$p" "$s"; kill "$s" 2>/dev/null
@@ -136,11 +150,19 @@ def command(mode: str, execution_id: str, *args: str, tag: str = "") -> list[str
 
 
 def start_command(
-    execution_id: str, timeout_s: float, working_dir: str, argv: list[str], *, detached: bool = False, tag: str = ""
+    execution_id: str,
+    timeout_s: float,
+    working_dir: str,
+    argv: list[str],
+    *,
+    max_running: int,
+    detached: bool = False,
+    tag: str = "",
 ) -> list[str]:
-    """Starts argv as an execution; follows it unless detached (then returns once it is running)."""
+    """Starts argv as an execution; follows it unless detached (then returns once it is running). If the sandbox
+    already runs max_running executions (0: no limit), starts nothing and exits QUOTA_EXIT."""
     mode = "spawn" if detached else "start"
-    return command(mode, execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, *argv, tag=tag)
+    return command(mode, execution_id, f"{timeout_s:.3f}", working_dir, RUNNER, str(max_running), *argv, tag=tag)
 
 
 # Filters a stream line by line, replacing the values of the environment variables named in

@@ -25,7 +25,7 @@ from google.protobuf import timestamp_pb2
 
 from provider_kit import exec_scripts
 from provider_kit.driver import Driver, Output
-from provider_kit.errors import ApiError, data_loss, not_found, unavailable
+from provider_kit.errors import ApiError, data_loss, not_found, resource_exhausted, unavailable
 from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.streams import closing, with_keepalive
 from provider_kit.telemetry import EXECUTION_OUTCOMES
@@ -132,10 +132,23 @@ def _with_redaction(
     return exec_scripts.redacting(argv), env
 
 
+def quota_exceeded(sandbox: SandboxName, maximum: int) -> ApiError:
+    return resource_exhausted(
+        "QUOTA_EXCEEDED",
+        f"sandbox {sandbox.native_id} already runs {maximum} executions, its quota: wait for one to end or cancel "
+        "one (the operator sets the quota with SANDBOX_MAX_EXECUTIONS_PER_SANDBOX)",
+        quota="executions",
+        limit=str(maximum),
+    )
+
+
 class Executions:
-    def __init__(self, driver: Driver, keepalive_seconds: float) -> None:
+    def __init__(self, driver: Driver, keepalive_seconds: float, max_running: int = 0) -> None:
+        """max_running: how many executions a sandbox may run at once (0: no limit), counted inside it by the
+        start itself, so every replica enforces the same count without a round trip of its own."""
         self._driver = driver
         self._keepalive = keepalive_seconds
+        self._max_running = max_running
         self._stopping: set[asyncio.Task[None]] = set()  # follower stops under way (kept from collection)
 
     async def start(
@@ -159,7 +172,9 @@ class Executions:
         )
         argv, env = _with_redaction(argv, env, secret_env)
         tag = secrets.token_hex(8)
-        command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv, tag=tag)
+        command = exec_scripts.start_command(
+            name.execution_id, timeout_s, working_dir, argv, max_running=self._max_running, tag=tag
+        )
         async for event in self._follow(name, command, tag, 0, 0, start_time, env):
             yield event
 
@@ -175,8 +190,12 @@ class Executions:
     ) -> None:
         """Starts argv as execution `name` without following it; does nothing if it was already started."""
         argv, env = _with_redaction(argv, env, secret_env)
-        command = exec_scripts.start_command(name.execution_id, timeout_s, working_dir, argv, detached=True)
+        command = exec_scripts.start_command(
+            name.execution_id, timeout_s, working_dir, argv, max_running=self._max_running, detached=True
+        )
         result = await self._driver.run(name.sandbox.native_id, command, env)
+        if result.code == exec_scripts.QUOTA_EXIT:
+            raise quota_exceeded(name.sandbox, self._max_running)
         if result.code != 0:
             raise unavailable("SPAWN_FAILED", f"could not start {name}; retry")
 
@@ -245,7 +264,14 @@ class Executions:
                 end_time=timestamp(datetime.now(UTC)),
             )
         else:
-            finished = await self.get(name)
+            try:
+                finished = await self.get(name)
+            except ApiError as err:
+                # A start refused by the quota left no execution behind (a command's own exit code 253 did).
+                refused = start_time is not None and exit_code == exec_scripts.QUOTA_EXIT
+                if refused and err.reason == "EXECUTION_NOT_FOUND":
+                    raise quota_exceeded(name.sandbox, self._max_running) from None
+                raise
             if finished.state == Execution.STATE_RUNNING:
                 raise unavailable(
                     "STREAM_INTERRUPTED",

@@ -60,7 +60,7 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
         self._driver = driver
         self._settings = settings
         self._tokens = settings.accepted_provider_tokens()
-        self._executions = Executions(driver, settings.stream_keepalive_seconds)
+        self._executions = Executions(driver, settings.stream_keepalive_seconds, settings.max_executions_per_sandbox)
         self._owners = OwnerCache()
         self._coding = Coding(driver, self._executions, settings)
         sealer = Sealer.from_settings(settings.accepted_state_keys())

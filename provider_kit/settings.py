@@ -53,6 +53,10 @@ class ProviderSettings(ServerSettings):
     # Per-tenant quota: the most sandboxes a tenant may have at once (0: no limit), counted from the provider's
     # own records on every create (provider_kit/quotas.py).
     max_sandboxes_per_tenant: int = 50
+    # Per-sandbox quota: the most executions one sandbox may run at once (0: no limit), counted inside it by
+    # each start under a lock (provider_kit/exec_scripts.py). With the sandbox quota it bounds a tenant's
+    # concurrent executions at max_sandboxes_per_tenant x max_executions_per_sandbox.
+    max_executions_per_sandbox: int = 64
 
     # The keys that seal platform state kept inside sandboxes (provider_kit/sealed.py): the same on every
     # provider replica, held by nothing else. Comma-separated: the first seals, all open, so a key rotates

@@ -132,3 +132,55 @@ async def test_a_sandbox_that_fills_its_disk_is_frozen(
     finally:
         await client.close()
         stack.stop()
+
+
+async def test_execution_quota_per_sandbox_across_replicas(
+    make_stack: Callable[..., LocalStack], harnesses: Callable[[str], ProviderHarness]
+) -> None:
+    """At most SANDBOX_MAX_EXECUTIONS_PER_SANDBOX run at once in a sandbox, whichever replica starts them (the
+    count is taken inside the sandbox under a lock, so concurrent starts cannot all pass); a refused start
+    leaves no execution, and an ended one makes room."""
+    stack = make_stack(harnesses("docker"), providers=2, SANDBOX_MAX_EXECUTIONS_PER_SANDBOX="3")
+    client = Client(stack.address, stack.client_token, spec=SPEC)
+    sandbox = (await client.create()).name
+    try:
+        refused_names: list[str] = []
+
+        async def start(argv: list[str]) -> str | grpc.aio.AioRpcError:
+            stream = client.run_stream(sandbox, argv)
+            name = ""
+            try:
+                async for event in stream:
+                    if event.WhichOneof("event") == "started":
+                        name = event.started.name
+                    elif event.WhichOneof("event") == "output":
+                        return name  # running: leave it running detached
+            except grpc.aio.AioRpcError as err:
+                refused_names.append(name)
+                return err
+            finally:
+                stream.cancel()
+            return name
+
+        # Six at once through both replicas: exactly three run, three are refused.
+        results = await asyncio.gather(*(start(["sh", "-c", "echo up; sleep 60"]) for _ in range(6)))
+        running = [r for r in results if isinstance(r, str)]
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(running) == 3 and len(refused) == 3, results
+        for err in refused:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+            info = error_info(err)
+            assert info is not None and info.reason == "QUOTA_EXCEEDED"
+            assert "SANDBOX_MAX_EXECUTIONS_PER_SANDBOX" in (err.details() or "")
+        # A refused start left nothing behind: its name (sent before the refusal) names no execution.
+        for name in refused_names:
+            get = client.stub.GetExecution(pb.GetExecutionRequest(name=name), metadata=client.metadata)
+            await expect_error(get, grpc.StatusCode.NOT_FOUND, "EXECUTION_NOT_FOUND")
+        await expect_error(client.run(sandbox, ["true"]), grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED")
+        # A cancelled one makes room.
+        await client.stub.CancelExecution(pb.CancelExecutionRequest(name=running[0]), metadata=client.metadata)
+        done = await client.run(sandbox, ["echo", "room"])
+        assert bytes(done.stdout) == b"room\n"
+    finally:
+        await client.delete(sandbox)
+        await client.close()
