@@ -15,7 +15,7 @@ cd "$dir"
 exec 9>/tmp/.sandbox-push.lock
 flock 9
 git add -A >&2
-if ! git diff --cached --quiet; then
+if ! git diff --cached --quiet --no-ext-diff --no-textconv; then
   # The author from the sandbox's record; -c outranks every config file. Hooks may run: they see no secret.
   git -c user.name="$name" -c user.email="$email" commit -q -m "$message" >&2
 fi
