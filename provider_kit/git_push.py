@@ -170,7 +170,7 @@ class OutsidePush:
 
     async def push(self, base: str, branch: str) -> Pushed:
         """Completes the bundle with the base from the remote, checks it, measures it, pushes its HEAD."""
-        await self._git("init", "-q", "--bare", str(self._repo), what="preparing the push")
+        await self._git("init", "-q", "--bare", "--template=", str(self._repo), what="preparing the push")
         if base:
             await self._git(
                 "fetch", "-q", "--no-tags", "--depth=1", self._url, base, remote=True, what="fetching the base commit"
