@@ -61,6 +61,16 @@ _HELPER = (
     'echo username=x-access-token; echo "password=$SANDBOX_PUSH_TOKEN"; }; f'
 )
 
+# The private repository's own configuration (never the sandbox's): origin is the recorded URL, a promisor.
+_PROMISOR_CONFIG = (
+    ("core.repositoryFormatVersion", "1"),
+    ("extensions.partialClone", "origin"),
+    ("remote.origin.url", "{url}"),
+    ("remote.origin.promisor", "true"),
+    ("remote.origin.partialCloneFilter", "blob:none"),
+)
+_DIFF = ("--no-ext-diff", "--no-textconv", "--no-color")
+
 
 @dataclass(frozen=True)
 class Pushed:
@@ -171,10 +181,13 @@ class OutsidePush:
     async def push(self, base: str, branch: str) -> Pushed:
         """Completes the bundle with the base from the remote, checks it, measures it, pushes its HEAD."""
         await self._git("init", "-q", "--bare", "--template=", str(self._repo), what="preparing the push")
+        # A partial clone of the recorded URL: the base's commit and trees now, the blobs that the bundle's
+        # deltas and the diff need fetched when needed (a server without filters sends everything).
+        for key, value in _PROMISOR_CONFIG:
+            await self._git("config", key, value.replace("{url}", self._url), what="preparing the push")
         if base:
-            await self._git(
-                "fetch", "-q", "--no-tags", "--depth=1", self._url, base, remote=True, what="fetching the base commit"
-            )
+            fetch = ("fetch", "-q", "--no-tags", "--depth=1", "--filter=blob:none", "origin", base)
+            await self._git(*fetch, what="fetching the base commit")
         await self._git("bundle", "verify", "-q", str(self._bundle), what="checking the workspace's bundle")
         # Only HEAD; a local file is fetched with the file transport, allowed for this one command.
         await self._git(
@@ -191,13 +204,20 @@ class OutsidePush:
         if not _SHA.fullmatch(sha):
             raise _fail("the workspace's bundle holds no commit")
         old = base or EMPTY_TREE
-        stat = await self._git("diff", "--no-ext-diff", "--no-textconv", "--shortstat", old, sha, what="diffing")
-        diff = await self._git("diff", "--no-ext-diff", "--no-textconv", old, sha, what="diffing", limit=MAX_DIFF_BYTES)
+        stat = await self._git("diff", *_DIFF, "--shortstat", old, sha, what="diffing")
+        diff = await self._git("diff", *_DIFF, old, sha, what="diffing", limit=MAX_DIFF_BYTES)
 
         def rejected(message: str) -> ApiError:
             return failed_precondition("PUSH_REJECTED", f"the remote rejected the push of {branch}: {message}")
 
-        await self._git("push", "-q", self._url, f"{sha}:refs/heads/{branch}", remote=True, what="", fail=rejected)
+        try:
+            await self._git("push", "-q", self._url, f"{sha}:refs/heads/{branch}", what="", fail=rejected)
+        except ApiError:
+            # Two replicas finishing one task push the same commit at once: the loser's push fails, yet the
+            # branch holds exactly this commit.
+            remote = await self._git("ls-remote", "origin", f"refs/heads/{branch}", what="reading the branch")
+            if remote.split("\t", 1)[0] != sha:
+                raise
 
         def count(word: str) -> int:
             found = re.search(rf"(\d+) {word}", stat)
@@ -209,7 +229,6 @@ class OutsidePush:
         self,
         *args: str,
         what: str,
-        remote: bool = False,
         limit: int = 16 << 20,
         fail: Callable[[str], ApiError] | None = None,
     ) -> str:
@@ -218,9 +237,9 @@ class OutsidePush:
         options = ["-c", "core.hooksPath=/dev/null", "-c", "fetch.fsckObjects=true", "-c", "protocol.allow=never"]
         for protocol in self._protocols:
             options += ["-c", f"protocol.{protocol}.allow=always"]
-        if remote:
-            options += ["-c", "credential.helper=", "-c", f"credential.helper={_HELPER}"]
-            options += ["-c", "http.followRedirects=false", "-c", "credential.interactive=false"]
+        # Every command may talk to the remote (a partial clone fetches missing objects when it needs them).
+        options += ["-c", "credential.helper=", "-c", f"credential.helper={_HELPER}"]
+        options += ["-c", "http.followRedirects=false", "-c", "credential.interactive=false"]
         git_dir = [] if args[0] == "init" else ["--git-dir", str(self._repo)]
         process = await asyncio.create_subprocess_exec(
             "git",
