@@ -5,8 +5,8 @@ the commit recorded at setup, refs/sandbox/base, is its prerequisite). Here, in 
 directory of the provider process, git runs with no system, global or repository configuration but what is
 given on its command line, no hooks, and only the protocols the operator allows:
 
-1. the base commit is fetched from the workspace's recorded repository URL (depth 1: its tree, to complete
-   the bundle's thin pack and to diff against),
+1. the base commit is fetched from the workspace's recorded repository URL as a partial clone (depth 1, no
+   blobs: the blobs that the bundle's thin pack and the diff need are fetched from there when needed),
 2. the bundle is verified and only its HEAD is fetched (fsck on; any other ref in it is ignored),
 3. the change's stats and diff are computed here from those objects, never taken from the sandbox,
 4. the commit is pushed as <sha>:refs/heads/<recorded branch> to the recorded URL, the token coming from a
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from provider_kit.driver import Exit, Output
 from provider_kit.errors import ApiError, failed_precondition
 
-MAX_BUNDLE_BYTES = 1 << 30
+MAX_BUNDLE_BYTES = 512 << 20
 MAX_DIFF_BYTES = 1 << 20
 _MAX_STDERR_BYTES = 64 * 1024
 _MAX_HEADER_BYTES = 512
@@ -189,10 +189,13 @@ class OutsidePush:
             fetch = ("fetch", "-q", "--no-tags", "--depth=1", "--filter=blob:none", "origin", base)
             await self._git(*fetch, what="fetching the base commit")
         await self._git("bundle", "verify", "-q", str(self._bundle), what="checking the workspace's bundle")
-        # Only HEAD; a local file is fetched with the file transport, allowed for this one command.
+        # Only HEAD, its objects checked (fsck); a local file is fetched with the file transport, allowed for this
+        # one command.
         await self._git(
             "-c",
             "protocol.file.allow=always",
+            "-c",
+            "fetch.fsckObjects=true",
             "fetch",
             "-q",
             "--no-tags",
@@ -234,7 +237,7 @@ class OutsidePush:
     ) -> str:
         """Runs git in the private repository with only the settings given here; returns its stdout, at most
         limit bytes (the process is stopped there). A failure is FAILED_PRECONDITION with git's message."""
-        options = ["-c", "core.hooksPath=/dev/null", "-c", "fetch.fsckObjects=true", "-c", "protocol.allow=never"]
+        options = ["-c", "core.hooksPath=/dev/null", "-c", "protocol.allow=never"]
         for protocol in self._protocols:
             options += ["-c", f"protocol.{protocol}.allow=always"]
         # Every command may talk to the remote (a partial clone fetches missing objects when it needs them).
