@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import shlex
 import uuid
 from collections.abc import Iterator
 
@@ -301,9 +300,12 @@ async def test_an_agent_waits_for_setup_to_finish(client: Client, git_server: Gi
         repository=pb.RepositorySetup(url=git_server.url(name), token=git_server.token or "", install_dependencies=True)
     )
     try:
-        setup = sandbox.workspace.setup_execution.rsplit("/", 1)[1]
-        status = shlex.quote(f"/tmp/.sandbox-executions/{setup}.status")
-        agent = await client.run_agent(sandbox.name, "shell", f"cat {status}; test -d .venv && echo venv")
-        assert bytes(agent.stdout) == b"exited 0\nvenv\n", bytes(agent.stderr)
+        # Setup's processes carry "sandbox-setup" in their command lines ("[s]" keeps this one's own out).
+        count = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\" 2>/dev/null; echo; done"
+        count += " | grep -c 'sandbox-[s]etup'"
+        agent = await client.run_agent(
+            sandbox.name, "shell", f"echo setup processes: $({count}); test -d .venv && echo venv"
+        )
+        assert bytes(agent.stdout) == b"setup processes: 0\nvenv\n", bytes(agent.stderr)
     finally:
         await client.delete(sandbox.name)
