@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from provider_kit.driver import Exit, Output
 from provider_kit.errors import ApiError, failed_precondition
+from provider_kit.workspace import EMPTY_TREE
 
 MAX_BUNDLE_BYTES = 512 << 20
 MAX_DIFF_BYTES = 1 << 20
@@ -40,7 +41,6 @@ _MAX_STDERR_BYTES = 64 * 1024
 _MAX_HEADER_BYTES = 512
 GIT_TIMEOUT_SECONDS = 600.0
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
-EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 # Environment variables of the provider process that git may keep: how it reaches the network (the operator's
 # proxy and CA bundle). Nothing else is inherited, GIT_* least of all.
 _KEPT_ENV = (
