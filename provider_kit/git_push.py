@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from provider_kit.driver import Exit, Output
-from provider_kit.errors import ApiError, failed_precondition
+from provider_kit.errors import ApiError, failed_precondition, unavailable
 from provider_kit.workspace import EMPTY_TREE
 
 MAX_BUNDLE_BYTES = 512 << 20
@@ -244,17 +244,21 @@ class OutsidePush:
         options += ["-c", "credential.helper=", "-c", f"credential.helper={_HELPER}"]
         options += ["-c", "http.followRedirects=false", "-c", "credential.interactive=false"]
         git_dir = [] if args[0] == "init" else ["--git-dir", str(self._repo)]
-        process = await asyncio.create_subprocess_exec(
-            "git",
-            *git_dir,
-            *options,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self._env,
-            cwd=self._tmp,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "git",
+                *git_dir,
+                *options,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env,
+                cwd=self._tmp,
+            )
+        except FileNotFoundError as exc:
+            # An operator's setup problem, said plainly (the provider images carry git).
+            raise unavailable("GIT_MISSING", "git is not installed where the provider runs; pushes need it") from exc
         assert process.stdout is not None and process.stderr is not None
         out = bytearray()
 
