@@ -56,8 +56,6 @@ READ_ATTEMPTS = 3
 NETWORK_MODES = ("", "host", "bridge", "none")
 # The header a private sandbox's preview URLs want its preview token in (AsyncSandbox.get_preview_link).
 PREVIEW_TOKEN_HEADER = "X-Daytona-Preview-Token"  # noqa: S105  (a header name, not a secret)
-# Daemon error codes (daytona/common/errors.py CODE_TO_ERROR) that mean the remote refused the push.
-PUSH_REFUSED = ("GIT_PUSH_REJECTED", "GIT_REMOTE_REJECTED", "GIT_AUTH_FAILED")
 
 # Inside the sandbox: runs argv with stdout and stderr each passed through ENCODE, which writes one base64
 # line per read (sysread returns what is there, so output stays live). The exit status is argv's.
@@ -413,28 +411,6 @@ class DaytonaDriver(Driver):
             return  # an empty repository: the setup script starts the branch
         await self._git(native_id, token, refused, git.create_branch(directory, setup.branch))
         await self._git(native_id, token, refused, git.checkout_branch(directory, setup.branch))
-
-    async def commit_workspace(self, native_id: str, directory: str, message: str, author: tuple[str, str]) -> None:
-        git = (await self._sandbox(native_id)).git
-
-        def failed(code: str, message: str) -> ApiError:
-            return failed_precondition("PUSH_FAILED", f"committing the workspace failed ({code}): {message}")
-
-        status = await self._git(native_id, "", failed, git.status(directory))
-        if not status.file_status:
-            return
-        await self._git(native_id, "", failed, git.add(directory, ["."]))
-        await self._git(native_id, "", failed, git.commit(directory, message, *author))
-
-    async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
-        git = (await self._sandbox(native_id)).git
-
-        def refused(code: str, message: str) -> ApiError:
-            reason = "PUSH_REJECTED" if code in PUSH_REFUSED else "PUSH_FAILED"
-            return failed_precondition(reason, f"the remote rejected the push of {branch}: {message}")
-
-        user, password = _credentials(token)
-        await self._git(native_id, token, refused, git.push(directory, username=user, password=password, branch=branch))
 
     async def _exit_code(self, process: Any, session: str, cmd_id: str, subject: str) -> int:
         # The daemon records the exit code as the command ends; the log stream may close a moment before.

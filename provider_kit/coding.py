@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from provider_kit import validation, workspace
+from provider_kit import git_push, validation, workspace
 from provider_kit.agents import Agent, agent_for_execution, get_agent
 from provider_kit.agents.catalog import EXECUTION_PREFIX, agent_argv, script_env
 from provider_kit.agents.parsers import LineParser
 from provider_kit.driver import Driver, SandboxRecord
-from provider_kit.errors import failed_precondition, invalid_argument
+from provider_kit.errors import ApiError, failed_precondition, invalid_argument
 from provider_kit.executions import Executions, new_execution_id
 from provider_kit.names import ExecutionName, SandboxName
 from provider_kit.settings import ProviderSettings
+from provider_kit.streams import closing
 from sandbox.v1 import sandbox_pb2
 
 MAX_INSTRUCTION_BYTES = 100_000
@@ -120,6 +122,7 @@ class Coding:
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
         run = self.check_agent_request(request)
         planned = require_workspace(record, name)
+        await self._wait_for_setup(ExecutionName(name, planned.setup_execution))
         invocation = run.agent.build(request)
         argv = agent_argv(run.agent, planned.directory, invocation)
         stream = self._executions.start(
@@ -134,6 +137,24 @@ class Coding:
         async for event in with_agent_events(stream, LineParser(run.agent.parser)):
             yield event
 
+    async def _wait_for_setup(self, setup: ExecutionName) -> None:
+        """Waits until the setup execution has ended: its git processes hold the clone's token in their
+        environment, which an agent process of the same user could read (/proc/<pid>/environ)."""
+        delay = 0.1
+        while True:
+            try:
+                state = (await self._executions.get(setup)).state
+            except ApiError as err:
+                if err.reason != "EXECUTION_NOT_FOUND":
+                    raise
+                raise failed_precondition(
+                    "SETUP_NOT_FINISHED", f"the workspace's setup {setup} cannot be found; create a new sandbox"
+                ) from err
+            if state != sandbox_pb2.Execution.STATE_RUNNING:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
     def attach(
         self, name: ExecutionName, stream: AsyncIterator[sandbox_pb2.ExecutionEvent], stdout_offset: int
     ) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
@@ -146,39 +167,34 @@ class Coding:
     async def push(
         self, name: SandboxName, record: SandboxRecord, request: sandbox_pb2.PushChangesRequest
     ) -> sandbox_pb2.PushChangesResponse:
+        """Commits in the sandbox as the agent user, then pushes from here (provider_kit/git_push.py): the
+        token never enters the sandbox, and the URL and branch come from the sandbox's record."""
         planned = require_workspace(record, name)
         validation.text(request.message, "message", maximum=64_000)
         validation.text(request.instruction, "instruction", maximum=MAX_INSTRUCTION_BYTES)
         message = workspace.commit_message(request.message, request.instruction)
-        native = self._driver.native_git
-        env = {"GIT_TOKEN": request.token} if request.token else {}
-        if native:
-            # The provider's git API commits now and pushes after the script has measured the change; the
-            # token goes only to its push call, never into the sandbox.
-            # check_author also gives the default author to workspaces recorded before authors were.
-            author = workspace.check_author(planned.author)
-            await self._driver.commit_workspace(name.native_id, planned.directory, message, author)
-            env = {"SANDBOX_NATIVE_GIT": "1"}
-        argv = workspace.push_argv(planned.directory, planned.branch, message)
-        result = await self._driver.run(name.native_id, argv, env)
-        stderr = redact(result.stderr.decode(errors="replace"), [request.token]).strip()
-        if result.code == 3:
-            reason = "\n".join(line for line in stderr.splitlines() if line.strip())[-2000:]
-            raise failed_precondition("PUSH_REJECTED", f"the remote rejected the push of {planned.branch}: {reason}")
-        if result.code != 0:
-            raise failed_precondition("PUSH_FAILED", f"commit or push failed: {stderr[-2000:]}")
-        first, _, diff = result.stdout.decode(errors="replace").partition("\n")
-        fields = dict(part.split("=", 1) for part in first.removeprefix("sandbox-result ").split() if "=" in part)
-        if native and fields.get("changed") == "1":
-            await self._driver.push_branch(name.native_id, planned.directory, planned.branch, request.token)
+        # check_author also gives the default author to workspaces recorded before authors were.
+        author = workspace.check_author(planned.author)
+        argv = workspace.push_argv(planned.directory, message, author)
+        outside = git_push.OutsidePush(planned.repository_url, request.token, allow_http=self._settings.git_allow_http)
+        try:
+            async with closing(self._driver.stream(name.native_id, argv, {})) as process:
+                received = await outside.receive(process)
+            if received.code != 0:
+                raise failed_precondition("PUSH_FAILED", f"committing the workspace failed: {received.stderr[-2000:]}")
+            if not received.head or received.head == received.base:
+                return sandbox_pb2.PushChangesResponse(changed=False, branch=planned.branch)
+            pushed = await outside.push(received.base, planned.branch)
+        finally:
+            await outside.close()
         return sandbox_pb2.PushChangesResponse(
-            changed=fields.get("changed") == "1",
-            commit_sha=fields.get("sha", ""),
-            branch=fields.get("branch", planned.branch),
-            files_changed=int(fields.get("files") or 0),
-            insertions=int(fields.get("insertions") or 0),
-            deletions=int(fields.get("deletions") or 0),
-            diff=diff,
+            changed=True,
+            commit_sha=pushed.sha,
+            branch=planned.branch,
+            files_changed=pushed.files_changed,
+            insertions=pushed.insertions,
+            deletions=pushed.deletions,
+            diff=pushed.diff,
         )
 
 

@@ -150,9 +150,9 @@ class Driver(abc.ABC):
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Releases clients and connections."""
 
-    #: Whether the provider's own git API clones (clone_workspace), commits (commit_workspace) and pushes
-    #: (push_branch). The kit's setup script then only prepares the checkout it finds, and the push script
-    #: only measures the change.
+    #: Whether the provider's own git API clones (clone_workspace). The kit's setup script then only prepares
+    #: the checkout it finds. Commits and pushes are always the kit's (provider_kit/git_push.py): a native
+    #: push would hand the token to a daemon that reads the checkout's own git config.
     native_git: bool = False
 
     async def clone_workspace(self, native_id: str, setup: Setup, directory: str) -> None:
@@ -161,16 +161,4 @@ class Driver(abc.ABC):
         the token given for these calls only (never stored). An empty repository is left without a branch
         (the setup script starts it). Called only when native_git is set; raises
         failed_precondition("CLONE_FAILED", ...) with git's reason when the remote refuses."""
-        raise NotImplementedError
-
-    async def commit_workspace(self, native_id: str, directory: str, message: str, author: tuple[str, str]) -> None:
-        """Commits every change in the checkout in directory (new, modified and deleted files) as author
-        (name, e-mail) with the provider's own git API; does nothing when nothing changed. Called only when
-        native_git is set."""
-        raise NotImplementedError
-
-    async def push_branch(self, native_id: str, directory: str, branch: str, token: str) -> None:
-        """Pushes HEAD of the checkout in directory to branch on origin with the provider's own git API, the
-        token given for this call only (never stored). Called only when native_git is set; raises
-        failed_precondition("PUSH_REJECTED", ...) with the remote's reason when the remote refuses."""
         raise NotImplementedError

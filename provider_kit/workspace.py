@@ -1,8 +1,9 @@
 """The git side of a coding task: validating repository input, the setup script (clone, base, branch,
-dependencies) and the push script. Everything runs inside the sandbox as the `agent` user when the image
-has one. The git token only ever lives in the environment of the git process: a credential helper given on
-the command line reads it, so it never reaches .git/config, the remote URL, a label or the output (which
-is also filtered for it inside the sandbox)."""
+dependencies) and the commit script of a push. Everything runs inside the sandbox as the `agent` user when
+the image has one. The clone's token lives only in the environment of setup's git processes, which run
+before any agent may (ExecuteAgent waits for setup): a credential helper given on the command line reads
+it, so it never reaches .git/config, the remote URL, a label or the output (which is also filtered for it
+inside the sandbox). Pushes never bring a token into the sandbox: see provider_kit/git_push.py."""
 
 from __future__ import annotations
 
@@ -152,8 +153,9 @@ SETUP_SCRIPT = script("setup.sh")
 PUSH_SCRIPT = script("push.sh")
 
 
-def push_argv(directory: str, branch: str, message: str) -> list[str]:
-    return ["bash", "-c", PUSH_SCRIPT, "sandbox-push", directory, branch, message]
+def push_argv(directory: str, message: str, author: tuple[str, str]) -> list[str]:
+    """Commits the workspace as the agent user and prints its bundle (see provider_kit/git_push.py)."""
+    return ["bash", "-c", PUSH_SCRIPT, "sandbox-push", directory, message, *author]
 
 
 def commit_message(message: str, instruction: str) -> str:

@@ -198,18 +198,31 @@ def test_images_are_small_non_root_and_carry_a_health_check(
     ).stdout.split()
     own = service.removeprefix("provider-")
     assert present == ([own] if own in sdks else []), f"{ref} holds the SDKs {present}"
-    # Nothing that builds or fetches code in the runtime stage: no pip, compilers or git.
+    # Nothing that builds or fetches code in the runtime stage: no pip, compilers, curl or wget; git only in
+    # the providers, which push workspaces from outside the sandbox (provider_kit/git_push.py).
+    tools = "pip pip3 gcc cc c++ make curl wget" + ("" if service.startswith("provider-") else " git")
     found = docker_client.containers.run(
         ref,
         entrypoint=["/bin/sh", "-c"],
         command=[
-            "for t in pip pip3 gcc cc c++ make git curl wget; do command -v $t; done;"
+            f"for t in {tools}; do command -v $t; done;"
             "/opt/venv/bin/python -c 'import pip' 2>/dev/null && echo pip-module; id -u"
         ],
         network_mode="none",
         remove=True,
     )
     assert found.decode().split() == [str(UID)], f"{ref} contains: {found.decode()}"
+    if service.startswith("provider-"):
+        # git and its https transport load (no network here: the connection is what fails).
+        probe_git = ["docker", "run", "--rm", "--network", "none", "--entrypoint", "git", ref]
+        pushed = subprocess.run(
+            [*probe_git, "ls-remote", "https://127.0.0.1:9/x.git"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "Couldn't connect to server" in pushed.stderr, pushed.stderr
 
 
 def _wait_until_live(container: Container) -> None:

@@ -1,31 +1,30 @@
 #!/usr/bin/env bash
-# Commits everything in the workspace and pushes the branch. Prints "sandbox-result key=value ..." as its
-# first stdout line, then the diff against the base; exit 3 means the remote refused (reason on stderr).
-# Arguments: directory branch message.
-dir=$1 branch=$2 message=$3
+# Commits everything in the workspace and writes the result out as a git bundle; the provider pushes it
+# from outside the sandbox (provider_kit/git_push.py), so no token ever comes in here. Everything runs as
+# the agent user: the checkout, its config and its hooks are the agent's, and root never touches them.
+# Prints "sandbox-bundle base=SHA head=SHA" (either may be empty) as its first stdout line and, when head
+# differs from base, the bundle of head (base as its prerequisite), base64-encoded: every provider's
+# output channel carries text. The provider trusts none of it beyond being the agent's own work.
+# Arguments: directory message author_name author_email.
+if [ "$(id -u)" = 0 ] && id agent >/dev/null 2>&1; then
+  exec runuser -u agent -- bash -c "$BASH_EXECUTION_STRING" "$0" "$@"
+fi
+dir=$1 message=$2 name=$3 email=$4
 cd "$dir"
+# Two replicas finishing the same task commit one after the other (the second finds nothing to commit).
 exec 9>/tmp/.sandbox-push.lock
 flock 9
-# SANDBOX_NATIVE_GIT: the provider has committed with its own git API and pushes once this script is done.
-if [ -z "${SANDBOX_NATIVE_GIT:-}" ]; then
-  as_agent git add -A
-  if ! as_agent git diff --cached --quiet; then
-    as_agent git commit -q -m "$message"
-  fi
+git add -A >&2
+if ! git diff --cached --quiet --no-ext-diff --no-textconv; then
+  # The author from the sandbox's record; -c outranks every config file. Hooks may run: they see no secret.
+  git -c user.name="$name" -c user.email="$email" commit -q -m "$message" >&2
 fi
-base=$(as_agent git rev-parse -q --verify refs/sandbox/base || echo 4b825dc642cb6eb9a060e54bf8d69288fbee4904)
-head=$(as_agent git rev-parse -q --verify HEAD || true)
-if [ -z "$head" ] || [ "$head" = "$base" ]; then
-  echo "sandbox-result changed=0 branch=$branch"
-  exit 0
+base=$(git rev-parse -q --verify 'refs/sandbox/base^{commit}' || true)
+head=$(git rev-parse -q --verify 'HEAD^{commit}' || true)
+echo "sandbox-bundle base=$base head=$head"
+if [ -z "$head" ] || [ "$head" = "$base" ]; then exit 0; fi
+if [ -n "$base" ]; then
+  git bundle create -q - HEAD "^$base" | base64 -w 0
+else
+  git bundle create -q - HEAD | base64 -w 0
 fi
-if [ -z "${SANDBOX_NATIVE_GIT:-}" ] && ! git_remote push -q origin "HEAD:refs/heads/$branch" 2>/tmp/.sandbox-push.err; then
-  cat /tmp/.sandbox-push.err >&2
-  exit 3
-fi
-stat=$(as_agent git diff --shortstat "$base" HEAD)
-files=$(echo "$stat" | grep -o '[0-9]* file' | grep -o '[0-9]*' || echo 0)
-ins=$(echo "$stat" | grep -o '[0-9]* insertion' | grep -o '[0-9]*' || echo 0)
-del=$(echo "$stat" | grep -o '[0-9]* deletion' | grep -o '[0-9]*' || echo 0)
-echo "sandbox-result changed=1 sha=$head branch=$branch files=$files insertions=$ins deletions=$del"
-as_agent git diff "$base" HEAD | head -c 1048576 || true

@@ -17,20 +17,20 @@ clone_with_git() {
   as_agent git config user.name "$name"
   as_agent git config user.email "$email"
   as_agent git remote add origin "$url"
-  refs=$(git_remote ls-remote origin)
+  refs=$(git_remote "$url" ls-remote origin)
   if [ -z "$refs" ]; then
     step "The repository is empty: starting branch $branch from scratch"
     as_agent git checkout -q -b "$branch"
     return
   fi
   if [ -z "$base" ]; then
-    base=$(git_remote ls-remote --symref origin HEAD | sed -n 's|^ref: refs/heads/\(.*\)\tHEAD$|\1|p')
+    base=$(git_remote "$url" ls-remote --symref origin HEAD | sed -n 's|^ref: refs/heads/\(.*\)\tHEAD$|\1|p')
     base=${base:-main}
   fi
   step "Checking out $base"
   fetch=(fetch -q --no-tags)
   if [ "$depth" -gt 0 ]; then fetch+=(--depth "$depth"); fi
-  git_remote "${fetch[@]}" origin "$base"
+  git_remote "$url" "${fetch[@]}" origin "$base"
   as_agent git update-ref refs/sandbox/base FETCH_HEAD
   step "Creating branch $branch"
   as_agent git checkout -q -b "$branch" FETCH_HEAD
