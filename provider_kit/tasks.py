@@ -5,8 +5,9 @@ A task is driven by the provider replica that received RunTask. Its progress is 
 - if the client's stream breaks, the driver keeps going without it (and then leaves the sandbox for the
   client to re-attach to; the sandbox's expiry reclaims it),
 - AttachTask on any replica replays the task from its saved state and executions, and finishes it (push,
-  delete) if the agent is done and nobody else did; pushes are serialised inside the sandbox, so two
-  drivers finishing the same task push once.
+  delete) if the agent is done and nobody else did; commits are serialised inside the sandbox and the push
+  (from outside it) of a commit the branch already holds succeeds, so two drivers finishing the same task
+  push one commit.
 
 The sandbox can write TASK_FILE too (its agent may be hostile), so the state is sealed (provider_kit/sealed.py)
 with the sandbox's full name and tenant: a file that is edited, forged, damaged or copied from another sandbox

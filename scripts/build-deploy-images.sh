@@ -10,6 +10,8 @@
 # Environment:
 #   BASE_IMAGE   image with Debian's python3 at /usr/bin/python3 (default sandbox-python:bookworm-1,
 #                built by scripts/build-python-image.sh when missing and left at the default)
+#   GIT_IMAGE    image the providers' git comes from (default sandbox-base:bookworm-2, built by
+#                scripts/build-base-image.sh when missing and left at the default)
 #   IMAGE_PREFIX repository prefix of the results (default sandbox-platform/)
 #   IMAGE_TAG    tag of the results (default: version plus a hash of everything that goes into them,
 #                so an unchanged tree reuses the images already built; they are also tagged :latest)
@@ -20,6 +22,7 @@ force=0
 [[ ${1:-} == --force ]] && force=1
 
 base_image=${BASE_IMAGE:-sandbox-python:bookworm-1}
+git_image=${GIT_IMAGE:-sandbox-base:bookworm-2}
 prefix=${IMAGE_PREFIX:-sandbox-platform/}
 pip_version=26.0.1
 context=deploy/docker
@@ -29,6 +32,15 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
     scripts/build-python-image.sh "$base_image" >&2
   else
     echo "base image $base_image is missing" >&2
+    exit 1
+  fi
+fi
+
+if ! docker image inspect "$git_image" >/dev/null 2>&1; then
+  if [[ $git_image == sandbox-base:bookworm-2 ]]; then
+    scripts/build-base-image.sh >&2
+  else
+    echo "git image $git_image is missing" >&2
     exit 1
   fi
 fi
@@ -43,7 +55,7 @@ fi
 # The tag covers every input of the image, so a change anywhere rebuilds and nothing else does.
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -n 1)
 digest=$( {
-  docker image inspect --format '{{.Id}}' "$base_image"
+  docker image inspect --format '{{.Id}}' "$base_image" "$git_image"
   echo "$pip_version"
   find pyproject.toml uv.lock "$context/Dockerfile" "$context/healthprobe.py" \
     orchestrator provider_kit provider_docker provider_e2b provider_daytona provider_vercel protos -type f -not -path '*/__pycache__/*' -print0 \
@@ -97,7 +109,7 @@ if [[ $missing == 1 ]]; then
   revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
   for service in "${services[@]}"; do
     docker build --quiet --force-rm --target "$service" \
-      --build-arg "BASE_IMAGE=$base_image" --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
+      --build-arg "BASE_IMAGE=$base_image" --build-arg "GIT_IMAGE=$git_image" --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
       --build-arg "REQUIREMENTS=requirements-$service.txt" \
       -t "$prefix$service:$tag" -t "$prefix$service:latest" "$context" >/dev/null
   done
