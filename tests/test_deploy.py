@@ -761,15 +761,16 @@ OVERLAY_PROVIDERS = {
     "prod": {"docker"},
     "prod-clouds": {"docker", *CLOUD_PROVIDERS},
 }
-# What each provider may reach besides DNS and OTLP: the Docker engine's TLS port, or its cloud's HTTPS API.
-PROVIDER_EGRESS = {"docker": 2376} | dict.fromkeys(CLOUD_PROVIDERS, 443)
+# What each provider may reach besides DNS and OTLP: HTTPS outside private ranges (its cloud's API, and git hosts:
+# every provider pushes a workspace's branch from outside the sandbox), plus the Docker engine's TLS port.
+PROVIDER_EGRESS = {"docker": {2376, 443}} | {provider: {443} for provider in CLOUD_PROVIDERS}
 DNS_AND_OTLP = {("UDP", 53), ("TCP", 53), ("TCP", 4317)}
 
 
 def _check_provider_wiring(docs: list[dict[str, Any]], namespace: str, providers: set[str]) -> None:
     """Routing and isolation for the providers an overlay runs: the orchestrator routes to exactly these, each
     through its headless Service; only the orchestrator reaches them; they reach only DNS, OTLP and their
-    backend (the engine, or for a cloud provider TCP 443 outside private ranges and the metadata address)."""
+    backend and git hosts (TCP 443 outside private ranges and the metadata address; the engine for Docker)."""
     deployments = _by_kind(docs, "Deployment")
     configmaps = _by_kind(docs, "ConfigMap")
     services = _by_kind(docs, "Service")
@@ -803,9 +804,9 @@ def _check_provider_wiring(docs: list[dict[str, Any]], namespace: str, providers
             {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "orchestrator"}}}
         ], name
         assert [port for rule in ingress for port in rule["ports"]] == [{"protocol": "TCP", "port": 50051}], name
-        assert _egress_ports(policies, labels) == DNS_AND_OTLP | {("TCP", PROVIDER_EGRESS[provider])}, name
+        assert _egress_ports(policies, labels) == DNS_AND_OTLP | {("TCP", port) for port in PROVIDER_EGRESS[provider]}
         assert _allowed(policies, labels, "egress", 4317, pod={"app.kubernetes.io/name": "otel-collector"}), name
-        if provider in CLOUD_PROVIDERS:
+        if 443 in PROVIDER_EGRESS[provider]:
             # HTTPS to the internet (IPv4 and IPv6); not to private ranges or the cloud metadata service.
             assert _allowed(policies, labels, "egress", 443, ip="203.0.113.10"), name
             assert _allowed(policies, labels, "egress", 443, ip="2001:db8::10"), name
