@@ -28,10 +28,12 @@ CALL_SECONDS = 30
 
 @pytest.fixture
 def container(docker_client: docker.DockerClient, owner: str) -> Iterator[str]:
+    # Named like the driver's own sandboxes: it addresses containers by nothing else.
+    name = f"sbx-{secrets.token_hex(10)}"
     started = docker_client.containers.run(
-        BASE_IMAGE, ["sleep", "600"], detach=True, network_mode="none", labels={OWNER_LABEL: owner}
+        BASE_IMAGE, ["sleep", "600"], name=name, detach=True, network_mode="none", labels={OWNER_LABEL: owner}
     )
-    yield started.id
+    yield name
     started.remove(force=True)
 
 
