@@ -56,6 +56,30 @@ NATIVE_ID = re.compile(r"sbx-[0-9a-f]{20}")
 #   FOWNER            chmod and set times on files the agent user owns (git, file writes)
 #   KILL              signal the agent user's processes (cancel, timeout, the end of an execution)
 CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"]
+# Sandboxes in bridge mode join a network of the platform's where containers cannot reach each other.
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+ISOLATED_BRIDGE_OPTIONS = {ICC_OPTION: "false"}
+# Sums the sizes of deleted files still open in the sandbox (each counted once per open descriptor: an
+# overcount only pauses a sandbox sooner). Memory-backed files (memfd, /dev/shm) are memory, not disk. Root
+# without CAP_SYS_PTRACE cannot look into the agent's descriptors, so the count runs as root and again as the
+# agent user; what the agent's count answers is checked to be a number.
+_COUNT_DELETED_BUT_OPEN = r"""
+t=0
+for f in /proc/[0-9]*/fd/*; do
+  l=$(readlink "$f" 2>/dev/null) || continue
+  case $l in /memfd:*|/dev/shm/*) continue;; /*" (deleted)") ;; *) continue;; esac
+  n=$(stat -L -c %s "$f" 2>/dev/null) && t=$((t + n))
+done
+echo "$t"
+"""
+DELETED_BUT_OPEN = r"""
+a=$(sh -c "$1") b=0
+if id agent >/dev/null 2>&1; then b=$(runuser -u agent -- sh -c "$1" 2>/dev/null) || b=0; fi
+case $a in ''|*[!0-9]*) a=0;; esac
+case $b in ''|*[!0-9]*) b=0;; esac
+echo $((a + b))
+"""
+DISK_PROBE_SECONDS = 10.0
 # How the engine refuses storage_opt where its storage cannot limit a container's size.
 STORAGE_OPT_UNSUPPORTED = "--storage-opt is supported only"
 
@@ -80,6 +104,7 @@ class DockerDriver(Driver):
         self._negotiated = settings.docker_api_version != "auto"
         # Whether the engine limits a container's writable layer (storage_opt size): None until its first answer.
         self.storage_opt_supported: bool | None = None
+        self._bridge_checked = False
         self._disk_watch: asyncio.Task[None] | None = None
         # This replica's open process streams by sandbox, each with how to end it with an error (a frozen
         # sandbox never ends them itself). Only to release this replica's own connections.
@@ -216,14 +241,50 @@ class DockerDriver(Driver):
             raise not_found("SANDBOX_NOT_FOUND", f"sandbox {native_id} does not exist")
         return native_id
 
+    async def _bridge_network(self) -> str:
+        """The network `bridge` sandboxes join: a bridge of the platform's with inter-container traffic off, so
+        no sandbox reaches another (Docker's default bridge lets every container reach every other one, any
+        tenant's). Made on first use, by whichever replica comes first."""
+        name = self._settings.docker_bridge_network
+        if self._bridge_checked:
+            return name
+        found = [n for n in await self._call("network", self._api.networks, names=[name]) if n["Name"] == name]
+        if not found:
+            try:
+                await self._call(
+                    "network",
+                    self._api.create_network,
+                    name,
+                    driver="bridge",
+                    options=ISOLATED_BRIDGE_OPTIONS,
+                    labels={records.OWNER_KEY: self._settings.docker_owner},
+                    check_duplicate=True,
+                )
+            except ApiError as err:  # another replica made it meanwhile
+                cause = err.__cause__
+                if not (isinstance(cause, docker.errors.APIError) and cause.status_code == 409):
+                    raise
+        else:
+            options = (await self._call("network", self._api.inspect_network, found[0]["Id"]))["Options"] or {}
+            if options.get(ICC_OPTION) != "false":
+                raise failed_precondition(
+                    "NETWORK_NOT_ISOLATED",
+                    f"the Docker network {name!r} lets containers reach each other: recreate it with "
+                    f"{ICC_OPTION}=false or name another with SANDBOX_DOCKER_BRIDGE_NETWORK",
+                )
+        self._bridge_checked = True
+        return name
+
     async def _create_container(self, name: str, labels: dict[str, str], spec: sandbox_pb2.SandboxSpec) -> None:
+        network_mode = await self._bridge_network() if spec.network_mode == "bridge" else spec.network_mode
+
         def host_config(limit_disk: bool) -> dict[str, Any]:
             config: dict[str, Any] = self._api.create_host_config(
                 init=True,  # reaps the detached processes of executions
                 nano_cpus=spec.milli_cpus * 1_000_000,
                 mem_limit=spec.memory_bytes,
                 pids_limit=spec.pids_limit,
-                network_mode=spec.network_mode,
+                network_mode=network_mode,
                 cap_drop=["ALL"],
                 cap_add=CAPABILITIES,
                 # No setuid binary or file capability gives a process more than its parent had.
@@ -354,7 +415,11 @@ class DockerDriver(Driver):
             size=True,
             filters={"label": [f"{records.OWNER_KEY}={self._settings.docker_owner}"], "status": "running"},
         )
-        over = [c["Names"][0].lstrip("/") for c in running if (c.get("SizeRw") or 0) > limit]
+        sizes = {c["Names"][0].lstrip("/"): c.get("SizeRw") or 0 for c in running}
+        # A file deleted while a process keeps it open takes disk space that no walk of the layer sees: add what
+        # each sandbox's processes hold that way (read from outside the agent's reach: root's /proc view).
+        hidden = await asyncio.gather(*(self._deleted_but_open_bytes(name) for name in sizes))
+        over = [name for (name, size), extra in zip(sizes.items(), hidden, strict=True) if size + extra > limit]
         for name in over:
             try:
                 await self._call(f"sandbox {name}", self._api.pause, name)
@@ -363,6 +428,19 @@ class DockerDriver(Driver):
                     raise
             log.warning("sandbox over its disk limit paused", extra={"sandbox": name, "limit_mb": limit >> 20})
         return over
+
+    async def _deleted_but_open_bytes(self, name: str) -> int:
+        """Bytes of deleted files that processes in the sandbox still hold open (0 when it cannot be read: the
+        check then rests on the writable layer's size alone)."""
+        try:
+            result = await asyncio.wait_for(
+                self.run(name, ["sh", "-c", DELETED_BUT_OPEN, "disk-probe", _COUNT_DELETED_BUT_OPEN]),
+                DISK_PROBE_SECONDS,
+            )
+        except (ApiError, TimeoutError):
+            return 0
+        total = result.stdout.strip()
+        return int(total) if result.code == 0 and total.isdigit() and len(total) < 20 else 0
 
     async def _end_frozen_streams(self) -> None:
         """Ends this replica's streams into frozen sandboxes (whichever replica froze them): their processes will

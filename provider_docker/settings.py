@@ -38,6 +38,9 @@ class DockerSettings(ProviderSettings):
     # published on (0.0.0.0 for every interface), and the host in endpoint URLs (by default the publish
     # address, or 127.0.0.1 when that is every interface).
     docker_publish_ip: str = "127.0.0.1"
+    # The network `bridge` sandboxes join: made by the provider with inter-container traffic off (Docker's own
+    # default bridge lets every container reach every other, whichever tenant's).
+    docker_bridge_network: str = "sandbox-isolated"
     docker_endpoint_host: str = ""
     # Names this deployment in container labels; the reaper only deletes containers with its own owner.
     docker_owner: str = "sandbox-platform"

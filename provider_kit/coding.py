@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from provider_kit import git_push, validation, workspace
+from provider_kit import exec_scripts, git_push, validation, workspace
 from provider_kit.agents import Agent, agent_for_execution, get_agent
 from provider_kit.agents.catalog import EXECUTION_PREFIX, agent_argv, script_env
 from provider_kit.agents.parsers import LineParser
@@ -128,10 +128,12 @@ class Coding:
         stream = self._executions.start(
             name,
             argv,
-            {**run.env, **invocation.env, **script_env(invocation)},
+            # The client's variables and secrets reach the agent only (agent_argv restores them after the
+            # switch to the agent user); the catalog's and the agent script's own go as they are.
+            {**exec_scripts.user_env(run.env), **invocation.env, **script_env(invocation)},
             "",
             run.timeout,
-            secret_env=run.secret_env,
+            secret_env=exec_scripts.user_env(run.secret_env),
             prefix=f"{EXECUTION_PREFIX}{run.agent.name}-",
         )
         async for event in with_agent_events(stream, LineParser(run.agent.parser)):
@@ -179,12 +181,21 @@ class Coding:
         outside = git_push.OutsidePush(planned.repository_url, request.token, allow_http=self._settings.git_allow_http)
         try:
             async with closing(self._driver.stream(name.native_id, argv, {})) as process:
-                received = await outside.receive(process)
+                # The sandbox's side is bounded by its own timeout; this bounds a sandbox that never answers.
+                received = await asyncio.wait_for(outside.receive(process), workspace.PUSH_COMMIT_TIMEOUT_SECONDS + 30)
+            if received.code in (124, 137):  # timeout's codes: the step (a hook of the agent's, say) never ended
+                raise failed_precondition(
+                    "PUSH_FAILED",
+                    f"committing the workspace did not finish in {workspace.PUSH_COMMIT_TIMEOUT_SECONDS} s "
+                    "(a git hook that never ends?)",
+                )
             if received.code != 0:
                 raise failed_precondition("PUSH_FAILED", f"committing the workspace failed: {received.stderr[-2000:]}")
             if not received.head or received.head == received.base:
                 return sandbox_pb2.PushChangesResponse(changed=False, branch=planned.branch)
             pushed = await outside.push(received.base, planned.branch)
+        except TimeoutError:
+            raise failed_precondition("PUSH_FAILED", "the sandbox did not answer the commit step in time") from None
         finally:
             await outside.close()
         return sandbox_pb2.PushChangesResponse(

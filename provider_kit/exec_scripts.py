@@ -15,13 +15,18 @@ can re-attach to it and nothing depends on the stream that started it:
   {id}.follow-{tag}     pids of one follower (its shell and tails) while it follows
   {id}.stop-{tag}       marker left by a stop that came before that follower started following
 
+BASE_DIR is root's alone (mode 0700, under /run, where nobody else can create a name): the platform's scripts run
+as root and write these files, so no name in it may be one the agent could have planted first (a symlink to
+/etc/passwd as someone's `.status`, a FIFO that blocks a write), and the agent can neither read other
+executions' output nor forge their status. Every provider runs the kit's commands as root.
+
 Following uses `tail --pid` in polling mode (inotify start-up costs ~6 ms per tail); a short initial wait
 lets quick commands finish before any tail starts, so they never pay a polling interval. A follower whose
 reader went away keeps running (a provider's exec or process API does not end it when its stream closes), so
 the kit stops it by its tag.
 """
 
-BASE_DIR = "/tmp/.sandbox-executions"
+BASE_DIR = "/run/sandbox-executions"
 
 # Exit code of the follower/probe when the execution does not exist.
 NOT_FOUND_EXIT = 254
@@ -91,7 +96,9 @@ case $mode in start|spawn|stop) ;; *) [ -e "$d.out" ] || exit 254 ;; esac
 case $mode in
 start|spawn)
   t=$1 w=$2 r=$3 m=$4; shift 4
-  [ -d "$b" ] || mkdir -p -m 1777 "$b" || exit 255
+  [ -d "$b" ] || mkdir -p -m 700 "$b" 2>/dev/null
+  # Ours alone, or nothing is started: a directory someone else made could hold their names.
+  [ -d "$b" ] && [ ! -L "$b" ] && [ -O "$b" ] && chmod 700 "$b" || exit 255
   # One start at a time counts and starts, so concurrent starts cannot all pass the count (the lock is
   # released once the runner is recorded; the runner itself never holds it).
   exec 8>>"$b/.start.lock" && flock -w 10 8 || exit 255
@@ -182,6 +189,28 @@ _REDACTING = r"""
 set -o pipefail
 "$@" 2> >(perl -pe "$SANDBOX_REDACT_FILTER" >&2) | perl -pe "$SANDBOX_REDACT_FILTER"
 """
+
+
+# A client's environment variables (RunCommand.env, ExecuteAgent.env and .secrets) are the client's command's,
+# not the platform's: PATH, LD_PRELOAD or BASH_ENV given for a command must not steer the root scripts that
+# start it (an agent could have planted the files they point to). They travel under this prefix, which no
+# client may use, and only the command's last wrapper (with_user_env, run as the command's own user) puts them
+# back, right before it executes the command.
+USER_ENV_PREFIX = "SANDBOX_USER_ENV_"
+_WITH_USER_ENV = r"""
+for v in ${!SANDBOX_USER_ENV_@}; do export "${v#SANDBOX_USER_ENV_}=${!v}"; unset "$v"; done
+exec "$@"
+"""
+
+
+def user_env(env: dict[str, str]) -> dict[str, str]:
+    """A client's variables, renamed for the trip through the platform's scripts (see USER_ENV_PREFIX)."""
+    return {f"{USER_ENV_PREFIX}{name}": value for name, value in env.items()}
+
+
+def with_user_env(argv: list[str]) -> list[str]:
+    """argv, started with the client's variables (user_env) restored in its environment."""
+    return ["bash", "-c", _WITH_USER_ENV, "sandbox-env", *argv]
 
 
 def redacting(argv: list[str]) -> list[str]:

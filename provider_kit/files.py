@@ -29,16 +29,23 @@ STAGING_PREFIX = "/tmp/.sandbox-upload-"
 # Exit codes of the scripts below that name a problem with the caller's path.
 _MISSING, _NOT_A_FILE, _IS_A_DIRECTORY, _BAD_PARENT = 66, 67, 68, 69
 
-# staged: the uploaded file, or "-" for the bytes on stdin.
+# staged: the uploaded file, or "-" for the bytes on stdin. Root writes here, often into a directory the agent
+# owns (the checkout), so nothing is opened by a name the agent could have planted or swapped: the copy gets a
+# random name, is created exclusively (noclobber: a planted symlink or FIFO makes it fail, never followed), and
+# is written, measured and chmod-ed through its open descriptor (/proc/self/fd/3), never by name again. A swap
+# before the rename only moves the agent's own thing into place, which the agent could do anyway.
 _PLACE = rf"""
 staged=$1 path=$2 mode=$3
-tmp=$(dirname -- "$path")/.$(basename -- "$path").writing-$$
-trap 'rm -f -- "$tmp"; [ "$staged" = - ] || rm -f -- "$staged"' EXIT
+dir=$(dirname -- "$path")
 [ -d "$path" ] && exit {_IS_A_DIRECTORY}
-mkdir -p -- "$(dirname -- "$path")" 2>/dev/null || exit {_BAD_PARENT}
-if [ "$staged" = - ]; then cat > "$tmp" 2>/dev/null || exit {_BAD_PARENT}; \
-else cp -- "$staged" "$tmp" 2>/dev/null || exit {_BAD_PARENT}; fi
-chmod "$mode" "$tmp" && mv -fT -- "$tmp" "$path" && stat -c %s -- "$path"
+mkdir -p -- "$dir" 2>/dev/null || exit {_BAD_PARENT}
+tmp=$(mktemp -u -- "$dir/.$(basename -- "$path").writing-XXXXXXXXXX") || exit {_BAD_PARENT}
+trap 'rm -f -- "$tmp"; [ "$staged" = - ] || rm -f -- "$staged"' EXIT
+set -C
+command exec 3> "$tmp" || exit {_BAD_PARENT}
+if [ "$staged" = - ]; then cat >&3 || exit {_BAD_PARENT}; else cat -- "$staged" >&3 || exit {_BAD_PARENT}; fi
+chmod "$mode" /proc/self/fd/3 && size=$(stat -L -c %s /proc/self/fd/3) && exec 3>&- && mv -fT -- "$tmp" "$path" \
+  && echo "$size"
 """
 
 _READ = rf"""

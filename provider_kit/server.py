@@ -152,7 +152,12 @@ async def _serve(
         while not stopping.is_set():
             recheck.clear()
             try:
-                is_ready = await ready()
+                # Bounded: a backend that stops answering (all its threads stuck) is not ready, not a check
+                # that never ends while health keeps saying SERVING.
+                is_ready = await asyncio.wait_for(ready(), READINESS_INTERVAL_SECONDS)
+            except TimeoutError:
+                log.warning("readiness check did not answer in time")
+                is_ready = False
             except Exception:
                 log.exception("readiness check failed")
                 is_ready = False

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from provider_kit import validation
+from provider_kit import exec_scripts, validation
 from provider_kit.auth import provider_caller_tenant
 from provider_kit.coding import Coding, workspace_of
 from provider_kit.driver import Driver, NewSandbox, SandboxRecord
@@ -212,6 +212,8 @@ class ProviderServicer(sandbox_pb2_grpc.SandboxProviderServicer):
             else self._settings.default_command_timeout_seconds
         )
         await self._check_running(name, tenant)
+        if env:
+            argv, env = exec_scripts.with_user_env(argv), exec_scripts.user_env(env)
         async for event in self._executions.start(name, argv, env, working_dir, timeout):
             yield event
 

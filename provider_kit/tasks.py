@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from provider_kit import exec_scripts
 from provider_kit.coding import Coding, require_workspace
 from provider_kit.driver import Driver, SandboxRecord
 from provider_kit.errors import ApiError, data_loss, not_found, unavailable
@@ -50,7 +51,7 @@ from sandbox.v1 import sandbox_pb2
 log = logging.getLogger(__name__)
 Task = sandbox_pb2.Task
 TaskEvent = sandbox_pb2.TaskEvent
-TASK_FILE = "/tmp/.sandbox-executions/task.json"
+TASK_FILE = f"{exec_scripts.BASE_DIR}/task.json"
 # A task's state holds at most a diff of MAX_DIFF_CHARS, a commit message and an error: well under
 # MAX_STATE_BYTES even base64-encoded. Bigger files are refused unread, so a sandbox cannot make a replica load
 # gigabytes.

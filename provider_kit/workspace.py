@@ -153,9 +153,26 @@ SETUP_SCRIPT = script("setup.sh")
 PUSH_SCRIPT = script("push.sh")
 
 
+# The commit and bundle step runs the agent's hooks, which may never end: then it is killed (its whole process
+# group, hooks included) and the push fails, instead of holding a provider thread and the push lock for good.
+PUSH_COMMIT_TIMEOUT_SECONDS = 900
+
+
 def push_argv(directory: str, message: str, author: tuple[str, str]) -> list[str]:
     """Commits the workspace as the agent user and prints its bundle (see provider_kit/git_push.py)."""
-    return ["bash", "-c", PUSH_SCRIPT, "sandbox-push", directory, message, *author]
+    return [
+        "timeout",
+        "-k",
+        "10",
+        str(PUSH_COMMIT_TIMEOUT_SECONDS),
+        "bash",
+        "-c",
+        PUSH_SCRIPT,
+        "sandbox-push",
+        directory,
+        message,
+        *author,
+    ]
 
 
 def commit_message(message: str, instruction: str) -> str:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from provider_kit.agents.parsers import PARSERS, Parser
 from provider_kit.errors import failed_precondition, invalid_argument
+from provider_kit.exec_scripts import with_user_env
 from provider_kit.workspace import script
 from sandbox.v1 import sandbox_pb2
 
@@ -348,7 +349,8 @@ def agent_argv(agent: Agent, workspace_dir: str, invocation: Invocation) -> list
         agent.binary,
         agent.package,
         feed,
-        *invocation.argv,
+        # As the agent user, the client's variables back (exec_scripts.USER_ENV_PREFIX): never the root script's.
+        *with_user_env(invocation.argv),
     ]
 
 

@@ -13,7 +13,7 @@ dir=$1 message=$2 name=$3 email=$4
 cd "$dir"
 # Two replicas finishing the same task commit one after the other (the second finds nothing to commit).
 exec 9>/tmp/.sandbox-push.lock
-flock 9
+flock -w 300 9 || { echo "another commit of this workspace has held its lock for 5 minutes" >&2; exit 1; }
 git add -A >&2
 if ! git diff --cached --quiet --no-ext-diff --no-textconv; then
   # The author from the sandbox's record; -c outranks every config file. Hooks may run: they see no secret.

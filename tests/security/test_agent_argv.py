@@ -66,7 +66,9 @@ STUB_INSTRUCTIONS = [
     "-c model_provider=evil --approval-mode yolo",
     "--prompt=--help -- --output-format text",
 ]
-STUB_BIN = "/tmp/stub-bin"
+# Where the image keeps CLIs: the agent script looks for the binary with the platform's own PATH, never the
+# client's (a client PATH reaches only the agent process).
+STUB_BIN = "/usr/local/bin"
 STUB_ARGV = "/tmp/stub-argv"
 STUB_STDIN = "/tmp/stub-stdin"
 # Records how it was called: every argument NUL-terminated, then all of its stdin.
@@ -161,7 +163,7 @@ async def read(client: Client, sandbox: str, path: str) -> bytes:
 async def test_instruction_arrives_only_where_the_catalog_says(agent: str, client: Client, base_workspace: str) -> None:
     binary = AGENTS[agent].binary
     await client.write_file(base_workspace, f"{STUB_BIN}/{binary}", STUB.encode(), mode=0o755)
-    env = {"PATH": f"{STUB_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    env = {"STUB_CLIENT_VARIABLE": "1"}
     shapes: set[tuple[str, ...]] = set()
     for instruction in STUB_INSTRUCTIONS:
         # What the catalog says for this instruction (the stub then shows what the CLI really got).
