@@ -35,12 +35,13 @@ _MISSING, _NOT_A_FILE, _IS_A_DIRECTORY, _BAD_PARENT = 66, 67, 68, 69
 # is written, measured and chmod-ed through its open descriptor (/proc/self/fd/3), never by name again. A swap
 # before the rename only moves the agent's own thing into place, which the agent could do anyway.
 _PLACE = rf"""
-staged=$1 path=$2 mode=$3
+staged=$1 path=$2 mode=$3 tmp=
+# The staged upload goes whatever happens, the copy too unless it was moved into place.
+trap '[ -z "$tmp" ] || rm -f -- "$tmp"; [ "$staged" = - ] || rm -f -- "$staged"' EXIT
 dir=$(dirname -- "$path")
 [ -d "$path" ] && exit {_IS_A_DIRECTORY}
 mkdir -p -- "$dir" 2>/dev/null || exit {_BAD_PARENT}
 tmp=$(mktemp -u -- "$dir/.$(basename -- "$path").writing-XXXXXXXXXX") || exit {_BAD_PARENT}
-trap 'rm -f -- "$tmp"; [ "$staged" = - ] || rm -f -- "$staged"' EXIT
 set -C
 command exec 3> "$tmp" || exit {_BAD_PARENT}
 if [ "$staged" = - ]; then cat >&3 || exit {_BAD_PARENT}; else cat -- "$staged" >&3 || exit {_BAD_PARENT}; fi
