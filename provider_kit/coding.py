@@ -37,12 +37,6 @@ def require_workspace(record: SandboxRecord, name: SandboxName) -> sandbox_pb2.W
     return found
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "[REDACTED]")
-    return text
-
-
 @dataclass(frozen=True)
 class _AgentRun:
     agent: Agent
