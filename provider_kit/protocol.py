@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf import descriptor_pool
 
-from provider_kit.errors import ApiError, invalid_argument
+from provider_kit.errors import ApiError, abort, invalid_argument
 
 
 class _Malformed:
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # grpcio's class is generic only in its type stubs
 
 
 async def _reject(context: Context, method: str) -> None:
-    await context.abort_with_status(malformed_error(method).to_status())
+    await abort(context, malformed_error(method))
 
 
 def _checked_iterator(requests: AsyncIterator[Any], context: Context, method: str) -> AsyncIterator[Any]:
