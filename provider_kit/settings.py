@@ -71,27 +71,24 @@ class ProviderSettings(ServerSettings):
         return split_list(self.state_keys.get_secret_value()) if self.state_keys else []
 
 
-def check_provider_token(value: SecretStr) -> SecretStr:
-    tokens = split_list(value.get_secret_value())
-    if not tokens or any(len(token) < 16 for token in tokens):
+def check_secret_list(value: SecretStr, variable: str, noun: str, min_chars: int) -> SecretStr:
+    """A comma-separated list of secrets, each at least min_chars long."""
+    items = split_list(value.get_secret_value())
+    if not items or any(len(item) < min_chars for item in items):
         # Never echo the value: it is a secret.
-        raise ValueError("SANDBOX_PROVIDER_TOKEN must hold one or more comma-separated tokens of 16+ characters")
+        raise ValueError(f"{variable} must hold one or more comma-separated {noun} of {min_chars}+ characters")
     return value
+
+
+def check_provider_token(value: SecretStr) -> SecretStr:
+    return check_secret_list(value, "SANDBOX_PROVIDER_TOKEN", "tokens", 16)
 
 
 MIN_STATE_KEY_CHARS = 32
 
 
 def check_state_keys(value: SecretStr | None) -> SecretStr | None:
-    if value is None:
-        return None
-    keys = split_list(value.get_secret_value())
-    if not keys or any(len(key) < MIN_STATE_KEY_CHARS for key in keys):
-        # Never echo the value: it is a secret.
-        raise ValueError(
-            f"SANDBOX_STATE_KEYS must hold one or more comma-separated keys of {MIN_STATE_KEY_CHARS}+ characters"
-        )
-    return value
+    return None if value is None else check_secret_list(value, "SANDBOX_STATE_KEYS", "keys", MIN_STATE_KEY_CHARS)
 
 
 def split_list(value: str) -> list[str]:
