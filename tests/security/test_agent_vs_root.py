@@ -100,7 +100,7 @@ async def test_an_agent_fifo_cannot_wedge_the_provider_for_other_tenants(
         got = await b.stub.GetSandbox(pb.GetSandboxRequest(name=sb), metadata=b.metadata, timeout=10)
         assert got.name == sb
     finally:
-        # The delete RPC itself waits for a pool thread: remove the container directly to free the replica.
+        # Should the replica be wedged again, a delete RPC would wait for a pool thread too: remove directly.
         with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(_native(sa)).remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
