@@ -157,6 +157,9 @@ def stuck_stderr_provider(harnesses: Callable[[str], ProviderHarness]) -> Iterat
         "SANDBOX_LISTEN": "127.0.0.1:0",
         "SANDBOX_PROVIDER_TOKEN": token,
         "SANDBOX_LOG_LEVEL": "DEBUG",
+        # What the stop must show is that a stuck stderr does not hold it up, not how long a drain may last
+        # (30 s by default: a call still in flight under load could take all of the wait below).
+        "SANDBOX_DRAIN_SECONDS": "2",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "provider_docker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
